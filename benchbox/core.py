@@ -1,0 +1,230 @@
+"""The data contracts every component is written against.
+
+Shapes follow shared/DESIGN.md: images ``x`` are float32 raw intensities in [0, 1] with shape
+``[B, C, H, W]`` (or ``[B, C, D, H, W]`` for volumes); masks are bool ``[B, 1, *spatial]``;
+attributions are float32 ``[B, 1, *spatial]``; metric scores are float ``[B]``.
+
+This module imports torch but nothing heavier (no captum, no seaborn), so it is safe to import from
+the registry and the CLI.
+"""
+
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "Batch",
+    "Capability",
+    "Component",
+    "Dataset",
+    "ExplainedModel",
+    "InputSpec",
+    "Method",
+    "Metric",
+    "MetricContext",
+    "MetricOutput",
+    "ModelBuilder",
+    "Split",
+]
+
+Split = Literal["train", "val", "test"]
+
+
+class Capability(str, enum.Enum):
+    """What a component needs or provides. The planner matches these; nothing dispatches on names."""
+
+    LABELS = "labels"  # dataset: ground-truth class per sample
+    MASKS = "masks"  # dataset: ground-truth region per sample
+    IMAGES_2D = "images_2d"  # dataset: x is [B, C, H, W]
+    VOLUMES_3D = "volumes_3d"  # dataset: x is [B, C, D, H, W]
+    GRADIENTS = "gradients"  # model: differentiable w.r.t. its input
+    TARGET_LAYER = "target_layer"  # model: a named convolutional layer for CAM-type methods
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One batch of samples on the job's device.
+
+    Attributes:
+        x: float32 ``[B, C, *spatial]``, raw intensities in [0, 1].
+        label: long ``[B]``, ground-truth class.
+        target: long ``[B]``, the class the explanation is for (label or prediction).
+        mask: bool ``[B, 1, *spatial]`` ground-truth region, or None when the dataset has none.
+        ids: stable sample ids, one per sample; they key every stored row.
+    """
+
+    x: Tensor
+    label: Tensor
+    ids: tuple[str, ...]
+    target: Tensor | None = None
+    mask: Tensor | None = None
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(
+            x=self.x.to(device),
+            label=self.label.to(device),
+            ids=self.ids,
+            target=None if self.target is None else self.target.to(device),
+            mask=None if self.mask is None else self.mask.to(device),
+        )
+
+    def with_target(self, target: Tensor) -> Batch:
+        return Batch(x=self.x, label=self.label, ids=self.ids, target=target, mask=self.mask)
+
+
+class Component:
+    """Base of every registry entry: a one-line description and declared capabilities.
+
+    Components take keyword-only parameters in ``__init__``; the suite validates them against the
+    signature's type hints (see ``benchbox.params``), so constraints such as ``PositiveInt`` are
+    part of the signature, not of ad-hoc checks.
+    """
+
+    needs: ClassVar[frozenset[Capability]] = frozenset()
+    provides: ClassVar[frozenset[Capability]] = frozenset()
+
+
+class Dataset(Component, ABC):
+    """A map-style dataset with deterministic train/val/test splits.
+
+    Subclasses produce samples by index so that batches can be streamed without holding the whole
+    split in memory.
+    """
+
+    num_classes: int
+    channels: int
+    spatial_size: tuple[int, ...]
+
+    @abstractmethod
+    def split_size(self, split: Split) -> int: ...
+
+    @abstractmethod
+    def get(self, split: Split, indices: Sequence[int]) -> Batch:
+        """Samples ``indices`` of ``split`` as one CPU batch (``target`` left unset)."""
+
+    @abstractmethod
+    def spec(self) -> dict[str, Any]:
+        """Everything that determines the data; part of the model cache key."""
+
+    def batches(
+        self, split: Split, batch_size: int, limit: int | None = None
+    ) -> Iterator[Batch]:
+        n = self.split_size(split)
+        if limit is not None:
+            n = min(n, limit)
+        for start in range(0, n, batch_size):
+            yield self.get(split, range(start, min(start + batch_size, n)))
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """Preprocessing facts of a model. Normalization happens *inside* the model."""
+
+    channels: int
+    size: tuple[int, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+@dataclass
+class ExplainedModel:
+    """A model ready to be explained: eval mode, normalization inside, named target layers.
+
+    Attributes:
+        module: maps raw ``x`` ``[B, C, *spatial]`` to logits ``[B, num_classes]``.
+        target_layers: name -> submodule for CAM-type methods; ``"auto"`` is the last conv layer.
+        info: facts recorded in the manifest (test accuracy, AUROC, cache key, ...).
+    """
+
+    module: nn.Module
+    input_spec: InputSpec
+    num_classes: int
+    target_layers: dict[str, nn.Module] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+    provides: frozenset[Capability] = frozenset({Capability.GRADIENTS})
+
+    def target_layer(self, name: str = "auto") -> nn.Module:
+        from .errors import UserError
+
+        try:
+            return self.target_layers[name]
+        except KeyError:
+            raise UserError(
+                f"model has no target layer {name!r}; available: {sorted(self.target_layers)}"
+            ) from None
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return self.module(x)
+
+
+class ModelBuilder(Component, ABC):
+    """Builds (trains or loads) a model for a dataset. Registered under ``models``."""
+
+    @abstractmethod
+    def build(
+        self, dataset: Dataset, *, seed: int, device: torch.device, batch_size: int
+    ) -> ExplainedModel: ...
+
+
+class Method(Component, ABC):
+    """An attribution method: ``attribute(model, x, target) -> [B, 1, *spatial]``.
+
+    Implementations must leave no hooks behind, leave the model's parameters unchanged, and draw
+    every random number from ``generator``.
+    """
+
+    @abstractmethod
+    def attribute(
+        self, model: ExplainedModel, x: Tensor, target: Tensor, *, generator: torch.Generator
+    ) -> Tensor: ...
+
+
+@dataclass
+class MetricOutput:
+    """Per-sample scores of one metric (variant) on one batch.
+
+    Attributes:
+        values: float ``[B]``; NaN where the metric is undefined for a sample.
+        reasons: per-sample message (None where the score is defined), counted in the results.
+        curves: optional ``[B, T]`` per-sample curve with its x-axis ``curve_x`` ``[T]``.
+    """
+
+    values: Tensor
+    reasons: list[str | None] | None = None
+    curves: Tensor | None = None
+    curve_x: Tensor | None = None
+
+
+@dataclass
+class MetricContext:
+    """What a metric sees: the model, the batch (with target), the attributions and the method."""
+
+    model: ExplainedModel
+    batch: Batch
+    attributions: Tensor
+    method: Method
+    generator: torch.Generator
+    batch_size: int
+
+
+class Metric(Component, ABC):
+    """A per-sample score of an attribution. Direction is a class attribute that tables read."""
+
+    higher_is_better: ClassVar[bool]
+
+    @abstractmethod
+    def score(self, ctx: MetricContext) -> MetricOutput | Mapping[str, MetricOutput]:
+        """One output, or several keyed by variant name (stored in the ``variant`` column)."""

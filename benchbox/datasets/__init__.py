@@ -1,0 +1,1 @@
+"""Built-in datasets; registered lazily in benchbox.registry."""

@@ -1,0 +1,1 @@
+"""Built-in methods; registered lazily in benchbox.registry."""

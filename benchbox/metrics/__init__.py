@@ -1,0 +1,1 @@
+"""Built-in metrics; registered lazily in benchbox.registry."""

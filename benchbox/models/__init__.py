@@ -1,0 +1,1 @@
+"""Built-in models; registered lazily in benchbox.registry."""

@@ -1,0 +1,177 @@
+"""One generic registry type for datasets, models, methods and metrics.
+
+Entries are resolved lazily: built-ins are registered as ``"module:attr"`` strings, so importing
+benchbox imports neither captum nor seaborn. Third-party packages add entries through the entry-point
+groups ``benchbox.datasets``, ``benchbox.models``, ``benchbox.methods`` and ``benchbox.metrics``. A
+suite may name a user's own class as ``"package.module:Class"``. Prefixed names (``captum:Occlusion``)
+go to a resolver registered for that prefix.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any, Generic, TypeVar
+
+from .errors import UserError
+
+__all__ = [
+    "REGISTRIES",
+    "Registry",
+    "RegistryEntry",
+    "datasets",
+    "import_object",
+    "methods",
+    "metrics",
+    "models",
+]
+
+T = TypeVar("T")
+_SNAKE = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+def import_object(path: str) -> Any:
+    """Import ``"package.module:attr"`` (attr may be dotted)."""
+    module_name, _, attr = path.partition(":")
+    if not module_name or not attr:
+        raise UserError(f"{path!r} is not of the form 'package.module:attr'")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UserError(f"cannot import module {module_name!r} named in {path!r}: {exc}") from exc
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise UserError(f"module {module_name!r} has no attribute {attr!r}") from None
+    return obj
+
+
+@dataclass
+class RegistryEntry:
+    name: str
+    target: Any  # the object, or a "module:attr" string until first resolved
+    origin: str  # "builtin", "entry point <dist>", "user"
+
+    def resolve(self) -> Any:
+        if isinstance(self.target, str):
+            self.target = import_object(self.target)
+        return self.target
+
+
+class Registry(Generic[T]):
+    """Name -> component class. ``kind`` is the singular noun used in messages ("method")."""
+
+    def __init__(self, kind: str, group: str):
+        self.kind = kind
+        self.group = group
+        self._entries: dict[str, RegistryEntry] = {}
+        self._prefixes: dict[str, Callable[[str], T]] = {}
+        self._plugins_loaded = False
+
+    # -- registration -------------------------------------------------------------------------
+    def register(self, name: str, target: Any, *, origin: str = "builtin") -> None:
+        if not _SNAKE.match(name):
+            raise ValueError(f"{self.kind} name {name!r} must be snake_case ([a-z][a-z0-9_]*)")
+        if name in self._entries:
+            raise ValueError(
+                f"{self.kind} {name!r} is already registered ({self._entries[name].origin}); "
+                f"cannot register it again from {origin}"
+            )
+        self._entries[name] = RegistryEntry(name, target, origin)
+
+    def register_prefix(self, prefix: str, resolver: Callable[[str], T]) -> None:
+        """Names ``prefix:rest`` resolve through ``resolver(rest)`` (adapters such as captum:)."""
+        if prefix in self._prefixes:
+            raise ValueError(f"{self.kind} prefix {prefix!r} is already registered")
+        self._prefixes[prefix] = resolver
+
+    def _load_plugins(self) -> None:
+        if self._plugins_loaded:
+            return
+        self._plugins_loaded = True
+        for ep in entry_points(group=self.group):
+            dist = getattr(ep.dist, "name", "?")
+            self.register(ep.name, ep.value, origin=f"entry point of {dist}")
+
+    # -- lookup -------------------------------------------------------------------------------
+    def names(self) -> list[str]:
+        self._load_plugins()
+        return sorted(self._entries)
+
+    def __contains__(self, name: str) -> bool:
+        self._load_plugins()
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def get(self, name: str) -> T:
+        """The component class for ``name``; raises ``UserError`` with suggestions if unknown."""
+        self._load_plugins()
+        if name in self._entries:
+            return self._entries[name].resolve()  # type: ignore[no-any-return]
+        if ":" in name:
+            prefix, _, rest = name.partition(":")
+            if prefix in self._prefixes:
+                return self._prefixes[prefix](rest)
+            return import_object(name)  # type: ignore[no-any-return]
+        raise UserError(self.unknown_message(name))
+
+    def unknown_message(self, name: str) -> str:
+        names = self.names()
+        close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
+        hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+        return (
+            f"unknown {self.kind} {name!r}; {hint}available: {', '.join(names)} "
+            f"(or 'package.module:Class' for your own)"
+        )
+
+    def describe(self, name: str) -> str:
+        """First line of the component's docstring, or why it could not be imported."""
+        try:
+            obj = self.get(name)
+        except UserError as exc:
+            return f"(unavailable: {exc})"
+        doc = (getattr(obj, "__doc__", None) or "").strip()
+        return doc.splitlines()[0] if doc else ""
+
+
+# -- the four instances, with lazily imported built-ins -------------------------------------------
+datasets: Registry[Any] = Registry("dataset", "benchbox.datasets")
+models: Registry[Any] = Registry("model", "benchbox.models")
+methods: Registry[Any] = Registry("method", "benchbox.methods")
+metrics: Registry[Any] = Registry("metric", "benchbox.metrics")
+
+_BUILTINS: dict[Registry[Any], dict[str, str]] = {
+    datasets: {
+        "synthetic_lesions_2d": "benchbox.datasets.synthetic:SyntheticLesions2D",
+    },
+    models: {
+        "cnn_gap": "benchbox.models.cnn:CNNGap",
+    },
+    methods: {
+        "saliency": "benchbox.methods.gradient:Saliency",
+        "integrated_gradients": "benchbox.methods.gradient:IntegratedGradients",
+        "grad_cam": "benchbox.methods.cam:GradCAM",
+        "random": "benchbox.methods.controls:Random",
+    },
+    metrics: {
+        "pointing_game": "benchbox.metrics.localization:PointingGame",
+        "deletion": "benchbox.metrics.faithfulness:Deletion",
+    },
+}
+for _registry, _table in _BUILTINS.items():
+    for _name, _path in _table.items():
+        _registry.register(_name, _path)
+
+REGISTRIES: dict[str, Registry[Any]] = {
+    "datasets": datasets,
+    "models": models,
+    "methods": methods,
+    "metrics": metrics,
+}
