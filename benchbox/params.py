@@ -12,7 +12,7 @@ import difflib
 import inspect
 import json
 import typing
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 import pydantic
@@ -21,7 +21,7 @@ from pydantic import ConfigDict, create_model
 __all__ = ["canonical_json", "format_pydantic_error", "validate_params"]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _params_model(cls: type) -> type[pydantic.BaseModel]:
     init = cls.__init__  # type: ignore[misc]
     hints = typing.get_type_hints(init, include_extras=True) if init is not object.__init__ else {}
@@ -66,8 +66,12 @@ def format_pydantic_error(err: Any, model: type[pydantic.BaseModel] | None, pref
         return f"{path}: unknown parameter; {hint}valid parameters: {valid}"
     if kind == "missing":
         return f"{path}: required parameter is missing"
-    bounds = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<",
-              "less_than_equal": "<="}
+    bounds = {
+        "greater_than": ">",
+        "greater_than_equal": ">=",
+        "less_than": "<",
+        "less_than_equal": "<=",
+    }
     if kind in bounds:
         bound = next(v for k, v in ctx.items() if k in ("gt", "ge", "lt", "le"))
         return f"{path}: expected {noun} {bounds[kind]} {bound}{got}"
@@ -84,8 +88,10 @@ def format_pydantic_error(err: Any, model: type[pydantic.BaseModel] | None, pref
     return f"{path}: {err['msg'][0].lower()}{err['msg'][1:]}{got}"
 
 
-def validate_params(cls: type, params: dict[str, Any], prefix: str) -> tuple[dict[str, Any], list[str]]:
-    """Return (resolved params with defaults, problems). ``prefix`` is the YAML path of the block."""
+def validate_params(
+    cls: type, params: dict[str, Any], prefix: str
+) -> tuple[dict[str, Any], list[str]]:
+    """(resolved params with defaults, problems); ``prefix`` is the YAML path of the block."""
     model = _params_model(cls)
     try:
         resolved = model(**params)

@@ -1,10 +1,10 @@
 """One generic registry type for datasets, models, methods and metrics.
 
 Entries are resolved lazily: built-ins are registered as ``"module:attr"`` strings, so importing
-benchbox imports neither captum nor seaborn. Third-party packages add entries through the entry-point
-groups ``benchbox.datasets``, ``benchbox.models``, ``benchbox.methods`` and ``benchbox.metrics``. A
-suite may name a user's own class as ``"package.module:Class"``. Prefixed names (``captum:Occlusion``)
-go to a resolver registered for that prefix.
+benchbox imports neither captum nor seaborn. Third-party packages add entries through the
+entry-point groups ``benchbox.datasets``, ``benchbox.models``, ``benchbox.methods`` and
+``benchbox.metrics``. A suite may name a user's own class as ``"package.module:Class"``. Prefixed
+names (``captum:Occlusion``) go to a resolver registered for that prefix.
 """
 
 from __future__ import annotations

@@ -1,0 +1,456 @@
+"""The local executor: one process, one device.
+
+For each planned job it streams the test split in batches to the device, computes the method's
+attributions once per batch and hands them to every metric of the job. Finished jobs are written
+atomically by the store; a failing method or metric becomes ``status="error"`` rows with the message
+and the run goes on.
+"""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import __version__
+from .core import Batch, Dataset, ExplainedModel, Method, Metric, MetricContext, MetricOutput
+from .errors import UserError
+from .planner import Job, plan
+from .seeding import derive_seed, make_generator
+from .store import RunStore
+from .suite import ComponentSpec, Suite
+
+__all__ = ["Reporter", "RunResult", "resolve_device", "run_suite"]
+
+_VERSIONED = ("torch", "captum", "numpy", "pandas", "scipy", "pyarrow", "pydantic", "quantus")
+
+
+class Reporter(Protocol):
+    """Progress callbacks; the CLI draws a rich progress bar, the API passes none."""
+
+    def start(self, total: int) -> None: ...
+    def status(self, text: str) -> None: ...
+    def advance(self, n: int = 1) -> None: ...
+
+
+class _Silent:
+    def start(self, total: int) -> None:
+        pass
+
+    def status(self, text: str) -> None:
+        pass
+
+    def advance(self, n: int = 1) -> None:
+        pass
+
+
+@dataclass
+class RunResult:
+    path: Path
+    run_id: str
+    summary: pd.DataFrame
+    manifest: dict[str, Any]
+    failed: bool
+
+    @property
+    def scores(self) -> pd.DataFrame:
+        return pd.read_parquet(self.path / "scores.parquet")
+
+    @property
+    def curves(self) -> pd.DataFrame:
+        return pd.read_parquet(self.path / "curves.parquet")
+
+
+def resolve_device(requested: str, source: str = "suite") -> torch.device:
+    """``cpu``, ``cuda``, ``cuda:N`` or ``auto``; a clear error when CUDA is asked for, absent."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError(
+                f"{source}: device: {requested!r} requested but no CUDA device is available to "
+                f"torch {torch.__version__}; use device: cpu (or --device cpu), or install a "
+                f"CUDA build of torch on a machine with a GPU"
+            )
+        dev = torch.device(requested)
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UserError(
+                f"{source}: device: {requested!r} but only {torch.cuda.device_count()} CUDA "
+                f"device(s) are visible; use cuda:0"
+            )
+        return dev
+    return torch.device("cpu")
+
+
+def run_suite(
+    suite: Suite,
+    *,
+    device: str | None = None,
+    output: Path | None = None,
+    reporter: Reporter | None = None,
+) -> RunResult:
+    """Run every job of ``suite`` and store the results; returns where they went."""
+    rep = reporter or _Silent()
+    dev = resolve_device(device or suite.device, source="--device" if device else suite.source)
+    started = time.perf_counter()
+    started_at = datetime.now(timezone.utc).isoformat()
+    jobs = plan(suite)
+    # Datasets are built before anything runs, so a bad path or parameter stops the run (exit 2)
+    # before any work or any results folder exists.
+    datasets = {d.path: _build_dataset(d, suite) for d in suite.datasets}
+    store = RunStore.create(output or suite.output, suite.name, suite.hash)
+
+    n_batches = {
+        path: -(-_n_eval(ds, suite.limit) // suite.batch_size) for path, ds in datasets.items()
+    }
+    rep.start(
+        sum(n_batches[j.dataset.path] for j in jobs if j.skip_reason is None)
+        + len(suite.datasets) * len(suite.models)
+    )
+
+    model_info: list[dict[str, Any]] = []
+    job_info: list[dict[str, Any]] = []
+    failed = False
+    for d in suite.datasets:
+        for m in suite.models:
+            pair = [j for j in jobs if j.dataset is d and j.model is m]
+            model: ExplainedModel | None = None
+            model_error: str | None = None
+            if any(j.skip_reason is None for j in pair):
+                rep.status(f"building {m.name} on {d.name}")
+                try:
+                    model = _build_model(m, datasets[d.path], suite, dev)
+                    model_info.append(
+                        {"dataset": d.name, "model": m.name, "model_params": m.params, **model.info}
+                    )
+                except UserError as exc:
+                    model_error = str(exc)
+                except Exception as exc:  # recorded as error rows; the run goes on
+                    model_error = f"building model {m.name!r} failed: {type(exc).__name__}: {exc}"
+            rep.advance()
+            for job in pair:
+                t0 = time.perf_counter()
+                rep.status(job.label)
+                if job.skip_reason is not None:
+                    scores, curves = (
+                        _job_rows(job, suite, store.run_id, "skipped", job.skip_reason),
+                        None,
+                    )
+                elif model is None:
+                    scores, curves = (
+                        _job_rows(
+                            job, suite, store.run_id, "error", model_error or "model unavailable"
+                        ),
+                        None,
+                    )
+                    rep.advance(n_batches[d.path])
+                else:
+                    scores, curves = _execute_job(
+                        job, datasets[d.path], model, suite, dev, store.run_id, rep.advance
+                    )
+                store.write_job(job.index, scores, curves)
+                job_failed = bool((scores["status"] == "error").any())
+                failed |= job_failed
+                job_info.append(
+                    {
+                        "index": job.index,
+                        "dataset": d.name,
+                        "model": m.name,
+                        "method": job.method.name,
+                        "status": "skipped"
+                        if job.skip_reason
+                        else ("error" if job_failed else "ok"),
+                        "wall_time_s": round(time.perf_counter() - t0, 4),
+                    }
+                )
+
+    manifest = {
+        "run_id": store.run_id,
+        "suite": suite.name,
+        "suite_file": suite.source,
+        "suite_hash": suite.hash,
+        "resolved_suite": suite.resolved(),
+        "seed": suite.seed,
+        "device": str(dev),
+        "device_name": torch.cuda.get_device_name(dev)
+        if dev.type == "cuda"
+        else (platform.processor() or platform.machine()),
+        "torch_threads": torch.get_num_threads(),
+        "benchbox_version": __version__,
+        "versions": _versions(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "git": _git_state(),
+        "started_at": started_at,
+        "wall_time_s": round(time.perf_counter() - started, 3),
+        "models": model_info,
+        "jobs": job_info,
+    }
+    summary = store.finalize(manifest, seed=suite.seed)
+    return RunResult(store.path, store.run_id, summary, manifest, failed)
+
+
+def _n_eval(ds: Dataset, limit: int | None) -> int:
+    n = ds.split_size("test")
+    return n if limit is None else min(n, limit)
+
+
+def _build_dataset(spec: ComponentSpec, suite: Suite) -> Dataset:
+    try:
+        ds = spec.build()
+    except UserError as exc:
+        raise UserError(f"{suite.source}: {spec.path}.{spec.name}: {exc}") from exc
+    if not isinstance(ds, Dataset):
+        raise UserError(f"{suite.source}: {spec.path}: {spec.name!r} is not a benchbox Dataset")
+    return ds
+
+
+def _build_model(
+    spec: ComponentSpec, ds: Dataset, suite: Suite, dev: torch.device
+) -> ExplainedModel:
+    builder = spec.build()
+    seed = derive_seed(suite.seed, "model", spec.name, spec.params_json)
+    model = builder.build(ds, seed=seed, device=dev, batch_size=suite.batch_size)
+    model.module.eval()
+    return model
+
+
+def _base_columns(job: Job, suite: Suite, run_id: str) -> dict[str, Any]:
+    return {
+        "run_id": run_id,
+        "suite": suite.name,
+        "dataset": job.dataset.name,
+        "dataset_params": job.dataset.params_json,
+        "model": job.model.name,
+        "model_params": job.model.params_json,
+        "method": job.method.name,
+        "method_params": job.method.params_json,
+    }
+
+
+def _metric_row(
+    job: Job, suite: Suite, run_id: str, spec: ComponentSpec, status: str, message: str
+) -> dict[str, Any]:
+    return {
+        **_base_columns(job, suite, run_id),
+        "metric": spec.name,
+        "metric_params": spec.params_json,
+        "variant": "",
+        "sample_id": None,
+        "label": None,
+        "target": None,
+        "prediction": None,
+        "value": float("nan"),
+        "higher_is_better": bool(getattr(spec.cls, "higher_is_better", True)),
+        "status": status,
+        "message": message,
+    }
+
+
+def _job_rows(job: Job, suite: Suite, run_id: str, status: str, message: str) -> pd.DataFrame:
+    """One row per metric for a job that produced no values (skipped or failed)."""
+    rows = [_metric_row(job, suite, run_id, s, status, message) for s in job.metrics]
+    rows += [_metric_row(job, suite, run_id, s, "skipped", r) for s, r in job.skipped_metrics]
+    return _frame(rows)
+
+
+def _frame(rows: list[dict[str, Any]] | pd.DataFrame) -> pd.DataFrame:
+    df = pd.DataFrame(rows) if isinstance(rows, list) else rows
+    for col in ("label", "target", "prediction"):
+        df[col] = df[col].astype("Int64")
+    return df
+
+
+@dataclass
+class _Collected:
+    """Per (metric, variant) values gathered over the batches of a job."""
+
+    ids: list[str] = field(default_factory=list)
+    labels: list[np.ndarray] = field(default_factory=list)
+    targets: list[np.ndarray] = field(default_factory=list)
+    preds: list[np.ndarray] = field(default_factory=list)
+    values: list[np.ndarray] = field(default_factory=list)
+    reasons: list[str | None] = field(default_factory=list)
+    curves: list[np.ndarray] = field(default_factory=list)
+    curve_x: np.ndarray | None = None
+
+
+def _check_attribution(name: str, attr: Any, batch: Batch) -> None:
+    expected = (len(batch), 1, *batch.x.shape[2:])
+    if not isinstance(attr, torch.Tensor) or tuple(attr.shape) != expected:
+        got = tuple(attr.shape) if isinstance(attr, torch.Tensor) else type(attr).__name__
+        raise RuntimeError(f"method {name!r} returned {got}, expected shape {list(expected)}")
+    if attr.dtype != torch.float32:
+        raise RuntimeError(f"method {name!r} returned dtype {attr.dtype}, expected float32")
+
+
+def _execute_job(
+    job: Job,
+    ds: Dataset,
+    model: ExplainedModel,
+    suite: Suite,
+    dev: torch.device,
+    run_id: str,
+    advance: Callable[[int], None],
+) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    method: Method = job.method.build()
+    metrics: list[Metric] = [s.build() for s in job.metrics]
+    # Separate generators: adding a metric never changes another's draws or the method's.
+    method_gen = make_generator(derive_seed(suite.seed, *job.key, "method"), dev)
+    metric_gens = [
+        make_generator(derive_seed(suite.seed, *job.key, "metric", s.name, s.params_json), dev)
+        for s in job.metrics
+    ]
+    collected: list[dict[str, _Collected]] = [{} for _ in metrics]
+    errors: dict[int, str] = {}
+    method_error: str | None = None
+
+    for cpu_batch in ds.batches("test", suite.batch_size, suite.limit):
+        if method_error is not None:
+            advance(1)
+            continue
+        batch = cpu_batch.to(dev)
+        with torch.no_grad():
+            pred = model(batch.x).argmax(dim=1)
+        target = pred if suite.target == "prediction" else batch.label
+        batch = batch.with_target(target)
+        try:
+            attr = method.attribute(model, batch.x, target, generator=method_gen)
+            _check_attribution(job.method.name, attr, batch)
+        except Exception as exc:  # the job's rows say why; the run goes on
+            method_error = f"method {job.method.name!r} failed: {type(exc).__name__}: {exc}"
+            advance(1)
+            continue
+        labels = batch.label.cpu().numpy()
+        targets = target.cpu().numpy()
+        preds = pred.cpu().numpy()
+        for i, (metric, gen) in enumerate(zip(metrics, metric_gens, strict=True)):
+            if i in errors:
+                continue
+            ctx = MetricContext(model, batch, attr, method, gen, suite.batch_size)
+            try:
+                out = metric.score(ctx)
+            except Exception as exc:  # recorded as this metric's error rows
+                errors[i] = f"metric {job.metrics[i].name!r} failed: {type(exc).__name__}: {exc}"
+                continue
+            outputs = {"": out} if isinstance(out, MetricOutput) else dict(out)
+            for variant, o in outputs.items():
+                c = collected[i].setdefault(variant, _Collected())
+                c.ids.extend(batch.ids)
+                c.labels.append(labels)
+                c.targets.append(targets)
+                c.preds.append(preds)
+                c.values.append(o.values.detach().double().cpu().numpy())
+                c.reasons.extend(o.reasons or [None] * len(batch))
+                if o.curves is not None:
+                    c.curves.append(o.curves.detach().double().cpu().numpy())
+                    if o.curve_x is not None:
+                        c.curve_x = o.curve_x.detach().double().cpu().numpy()
+        advance(1)
+
+    if method_error is not None:
+        return _job_rows(job, suite, run_id, "error", method_error), None
+
+    base = _base_columns(job, suite, run_id)
+    frames: list[pd.DataFrame] = []
+    curve_frames: list[pd.DataFrame] = []
+    for i, spec in enumerate(job.metrics):
+        if i in errors:
+            frames.append(_frame([_metric_row(job, suite, run_id, spec, "error", errors[i])]))
+            continue
+        hib = bool(spec.cls.higher_is_better)
+        for variant, c in collected[i].items():
+            values = np.concatenate(c.values)
+            frames.append(
+                pd.DataFrame(
+                    {
+                        **base,
+                        "metric": spec.name,
+                        "metric_params": spec.params_json,
+                        "variant": variant,
+                        "sample_id": c.ids,
+                        "label": np.concatenate(c.labels),
+                        "target": np.concatenate(c.targets),
+                        "prediction": np.concatenate(c.preds),
+                        "value": values,
+                        "higher_is_better": hib,
+                        "status": "ok",
+                        "message": c.reasons,
+                    }
+                )
+            )
+            if c.curves:
+                curves = np.concatenate(c.curves)
+                n, t = curves.shape
+                xs = c.curve_x if c.curve_x is not None else np.arange(t, dtype=np.float64)
+                curve_frames.append(
+                    pd.DataFrame(
+                        {
+                            "run_id": run_id,
+                            "suite": suite.name,
+                            "dataset": job.dataset.name,
+                            "model": job.model.name,
+                            "method": job.method.name,
+                            "metric": spec.name,
+                            "variant": variant,
+                            "sample_id": np.repeat(np.asarray(c.ids, dtype=object), t),
+                            "step": np.tile(np.arange(t, dtype=np.int32), n),
+                            "x": np.tile(xs, n),
+                            "y": curves.reshape(-1),
+                        }
+                    )
+                )
+    frames += [
+        _frame([_metric_row(job, suite, run_id, s, "skipped", r)]) for s, r in job.skipped_metrics
+    ]
+    scores = _frame(pd.concat(frames, ignore_index=True))
+    curves_df = pd.concat(curve_frames, ignore_index=True) if curve_frames else None
+    return scores, curves_df
+
+
+def _versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for name in _VERSIONED:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _git_state() -> dict[str, Any] | None:
+    """Commit of the benchbox source tree, when it is a git checkout."""
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        dirty = (
+            subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                cwd=here,
+                capture_output=True,
+                text=True,
+                timeout=5,
+                check=True,
+            ).stdout.strip()
+            != ""
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": commit, "dirty": dirty}

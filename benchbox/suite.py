@@ -1,0 +1,252 @@
+"""Suite files: parse, validate (every problem at once, with its YAML path), resolve.
+
+A suite is a YAML mapping::
+
+    name: quickstart          # results go to <output>/<name>/<run_id>/
+    version: 1
+    seed: 0
+    device: cpu               # cpu | cuda | cuda:N | auto
+    batch_size: 64
+    limit: 256                # test samples per dataset (null = all)
+    target: prediction        # explain the predicted class, or the label
+    datasets: [synthetic_lesions_2d]
+    models: [cnn_gap]
+    methods: [saliency, {integrated_gradients: {steps: 32}}]
+    metrics: [pointing_game, {deletion: {steps: 64}}]
+    output: results
+
+Each component is a bare registry name or a one-key mapping ``{name: {params}}``. Parameters are
+checked against the component's signature (``benchbox.params``); defaults are filled in, and the
+resolved suite is what the manifest records and hashes.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import registry
+from .errors import SuiteError, UserError
+from .params import canonical_json, validate_params
+
+__all__ = ["ComponentSpec", "Suite", "load_suite", "parse_suite"]
+
+_SUITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_DEVICE = re.compile(r"^(cpu|auto|cuda(:\d+)?)$")
+_SECTIONS = ("datasets", "models", "methods", "metrics")
+_FIELDS = (
+    "name",
+    "version",
+    "seed",
+    "device",
+    "batch_size",
+    "limit",
+    "target",
+    *_SECTIONS,
+    "output",
+)
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    """One resolved component of a suite: registry name, its class and its full parameters."""
+
+    kind: str  # "datasets" | "models" | "methods" | "metrics"
+    name: str
+    params: dict[str, Any]
+    cls: type
+    path: str  # YAML path, e.g. "methods[1]"
+
+    @property
+    def params_json(self) -> str:
+        return canonical_json(self.params)
+
+    def build(self) -> Any:
+        return self.cls(**self.params)
+
+    def resolved(self) -> dict[str, Any]:
+        return {self.name: self.params}
+
+
+@dataclass
+class Suite:
+    name: str
+    version: str
+    seed: int
+    device: str
+    batch_size: int
+    limit: int | None
+    target: str
+    datasets: list[ComponentSpec]
+    models: list[ComponentSpec]
+    methods: list[ComponentSpec]
+    metrics: list[ComponentSpec]
+    output: Path
+    source: str = "<suite>"
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def resolved(self) -> dict[str, Any]:
+        """The suite with every default filled in: what the manifest records and hashes."""
+        return {
+            "name": self.name,
+            "version": self.version,
+            "seed": self.seed,
+            "device": self.device,
+            "batch_size": self.batch_size,
+            "limit": self.limit,
+            "target": self.target,
+            **{s: [c.resolved() for c in getattr(self, s)] for s in _SECTIONS},
+        }
+
+    @property
+    def hash(self) -> str:
+        """SHA-256 of the resolved suite. ``output`` is excluded: where results go is not *what*
+        is computed."""
+        return hashlib.sha256(canonical_json(self.resolved()).encode()).hexdigest()
+
+
+def load_suite(path: str | Path) -> Suite:
+    """Read and validate a suite file; raise ``UserError``/``SuiteError`` with every problem."""
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"{p}: suite file not found; check the path (e.g. suites/quickstart.yaml)")
+    if p.is_dir():
+        raise UserError(f"{p}: is a directory; give the path of a suite .yaml file")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{p}: cannot read the suite file: {exc}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{p}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(p)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise UserError(f"{where}: invalid YAML: {problem}; fix the syntax at that line") from None
+    return parse_suite(data, source=str(p))
+
+
+def parse_suite(data: Any, *, source: str = "<suite>") -> Suite:
+    """Validate a suite given as a mapping (e.g. from ``yaml.safe_load``)."""
+    if not isinstance(data, dict):
+        kind = "empty" if data is None else type(data).__name__
+        raise SuiteError(source, [f"<top level>: expected a mapping of suite fields, got {kind}"])
+    problems: list[str] = []
+
+    for key in data:
+        if key not in _FIELDS:
+            close = difflib.get_close_matches(str(key), _FIELDS, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            problems.append(f"{key}: unknown field; {hint}valid fields: {', '.join(_FIELDS)}")
+
+    name = data.get("name")
+    if not isinstance(name, str) or not _SUITE_NAME.match(name):
+        problems.append(
+            f"name: expected a name of letters, digits, '_', '-', '.' (used as a folder), "
+            f"got {name!r}"
+        )
+    version = data.get("version", 1)
+    if not isinstance(version, (int, str)) or isinstance(version, bool):
+        problems.append(f"version: expected an integer or a string, got {version!r}")
+    seed = _int_field(data, "seed", 0, minimum=0, problems=problems)
+    batch_size = _int_field(data, "batch_size", 64, minimum=1, problems=problems)
+    limit = data.get("limit")
+    if limit is not None:
+        limit = _int_field(data, "limit", None, minimum=1, problems=problems)
+    device = data.get("device", "cpu")
+    if not isinstance(device, str) or not _DEVICE.match(device):
+        problems.append(f"device: expected one of cpu, cuda, cuda:N, auto, got {device!r}")
+    target = data.get("target", "prediction")
+    if target not in ("prediction", "label"):
+        problems.append(f"target: expected one of 'prediction', 'label', got {target!r}")
+    output = data.get("output", "results")
+    if not isinstance(output, str) or not output:
+        problems.append(f"output: expected a directory path, got {output!r}")
+
+    sections = {s: _parse_section(data, s, problems) for s in _SECTIONS}
+
+    if problems:
+        raise SuiteError(source, problems)
+    return Suite(
+        name=name,  # type: ignore[arg-type]
+        version=str(version),
+        seed=seed,  # type: ignore[arg-type]
+        device=device,
+        batch_size=batch_size,  # type: ignore[arg-type]
+        limit=limit,
+        target=target,
+        output=Path(output),
+        source=source,
+        raw=data,
+        **sections,
+    )
+
+
+def _int_field(
+    data: dict[str, Any], key: str, default: int | None, *, minimum: int, problems: list[str]
+) -> int | None:
+    value = data.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        bound = "> 0" if minimum == 1 else f">= {minimum}"
+        problems.append(f"{key}: expected an integer {bound}, got {value!r}")
+        return default
+    return value
+
+
+def _parse_section(data: dict[str, Any], section: str, problems: list[str]) -> list[ComponentSpec]:
+    reg = registry.REGISTRIES[section]
+    items = data.get(section)
+    if items is None:
+        problems.append(
+            f"{section}: required; list at least one {reg.kind} (see `benchbox ls {section}`)"
+        )
+        return []
+    if isinstance(items, (str, dict)):
+        items = [items]  # a single component is a list of one
+    if not isinstance(items, list) or not items:
+        problems.append(f"{section}: expected a non-empty list of {reg.kind}s, got {items!r}")
+        return []
+    specs: list[ComponentSpec] = []
+    seen: dict[str, str] = {}
+    for i, item in enumerate(items):
+        path = f"{section}[{i}]"
+        if isinstance(item, str):
+            name, params = item, {}
+        elif isinstance(item, dict) and len(item) == 1:
+            name, params = next(iter(item.items()))
+            params = {} if params is None else params
+            if not isinstance(params, dict):
+                problems.append(f"{path}.{name}: expected a mapping of parameters, got {params!r}")
+                continue
+        else:
+            problems.append(
+                f"{path}: expected a {reg.kind} name or a one-key mapping "
+                f"{{name: {{params}}}}, got {item!r}"
+            )
+            continue
+        if not isinstance(name, str):
+            problems.append(f"{path}: expected a {reg.kind} name, got {name!r}")
+            continue
+        try:
+            cls = reg.get(name)
+        except UserError as exc:
+            problems.append(f"{path}: {exc}")
+            continue
+        if name in seen:
+            problems.append(
+                f"{path}: {reg.kind} {name!r} is already listed at {seen[name]}; "
+                f"list each {reg.kind} once"
+            )
+            continue
+        seen[name] = path
+        resolved, errs = validate_params(cls, params, prefix=f"{path}.{name}")
+        problems.extend(errs)
+        if not errs:
+            specs.append(ComponentSpec(section, name, resolved, cls, path))
+    return specs
