@@ -38,7 +38,7 @@ Split = Literal["train", "val", "test"]
 
 
 class Capability(str, enum.Enum):
-    """What a component needs or provides. The planner matches these; nothing dispatches on names."""
+    """What a component needs or provides; the planner matches these (no dispatch on names)."""
 
     LABELS = "labels"  # dataset: ground-truth class per sample
     MASKS = "masks"  # dataset: ground-truth region per sample
@@ -119,9 +119,7 @@ class Dataset(Component, ABC):
     def spec(self) -> dict[str, Any]:
         """Everything that determines the data; part of the model cache key."""
 
-    def batches(
-        self, split: Split, batch_size: int, limit: int | None = None
-    ) -> Iterator[Batch]:
+    def batches(self, split: Split, batch_size: int, limit: int | None = None) -> Iterator[Batch]:
         n = self.split_size(split)
         if limit is not None:
             n = min(n, limit)
