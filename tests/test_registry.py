@@ -67,7 +67,7 @@ def test_user_module_attr_name(fake_module: types.ModuleType) -> None:
 
 
 def test_import_object_rejects_malformed_path() -> None:
-    with pytest.raises(UserError, match="not of the form 'package.module:attr'"):
+    with pytest.raises(UserError, match=r"not of the form 'package\.module:attr'"):
         import_object("justamodule:")
 
 

@@ -27,7 +27,7 @@ def test_unwritable_output_is_a_user_error(tmp_path: Path) -> None:
         ro.mkdir()
         ro.chmod(0o500)
         target = ro
-    with pytest.raises(UserError, match="cannot create the results folder.*--output"):
+    with pytest.raises(UserError, match=r"cannot create the results folder.*--output"):
         RunStore.create(target, "s", "abc")
 
 
