@@ -32,7 +32,7 @@ def _params_model(cls: type) -> type[pydantic.BaseModel]:
                 continue
             default = ... if p.default is inspect.Parameter.empty else p.default
             fields[p.name] = (hints.get(p.name, Any), default)
-    return create_model(  # type: ignore[call-overload,no-any-return]
+    return create_model(
         f"{cls.__name__}Params",
         __config__=ConfigDict(extra="forbid", arbitrary_types_allowed=True),
         **fields,

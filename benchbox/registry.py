@@ -114,12 +114,12 @@ class Registry(Generic[T]):
         """The component class for ``name``; raises ``UserError`` with suggestions if unknown."""
         self._load_plugins()
         if name in self._entries:
-            return self._entries[name].resolve()  # type: ignore[no-any-return]
+            return self._entries[name].resolve()
         if ":" in name:
             prefix, _, rest = name.partition(":")
             if prefix in self._prefixes:
                 return self._prefixes[prefix](rest)
-            return import_object(name)  # type: ignore[no-any-return]
+            return import_object(name)
         raise UserError(self.unknown_message(name))
 
     def unknown_message(self, name: str) -> str:

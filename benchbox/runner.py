@@ -368,7 +368,7 @@ def _execute_job(
         if i in errors:
             frames.append(_frame([_metric_row(job, suite, run_id, spec, "error", errors[i])]))
             continue
-        hib = bool(spec.cls.higher_is_better)
+        hib = bool(getattr(spec.cls, "higher_is_better", True))
         for variant, c in collected[i].items():
             values = np.concatenate(c.values)
             frames.append(

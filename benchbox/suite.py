@@ -216,6 +216,7 @@ def _parse_section(data: dict[str, Any], section: str, problems: list[str]) -> l
     seen: dict[str, str] = {}
     for i, item in enumerate(items):
         path = f"{section}[{i}]"
+        params: Any
         if isinstance(item, str):
             name, params = item, {}
         elif isinstance(item, dict) and len(item) == 1:
