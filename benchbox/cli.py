@@ -114,17 +114,22 @@ def _fmt(v: float) -> str:
 
 
 def _print_summary(summary: pd.DataFrame) -> None:
-    table = Table(title="summary (mean [95% bootstrap CI], n)", show_lines=False)
-    for col in ("dataset", "model", "method", "metric", "mean", "95% CI", "n"):
-        table.add_column(col, justify="right" if col in ("mean", "n") else "left")
+    """Rich table of the summary; dataset/model columns are folded into the title when constant."""
+    keys = [k for k in ("dataset", "model") if summary[k].nunique() > 1]
+    fixed = " / ".join(str(summary[k].iloc[0]) for k in ("dataset", "model") if k not in keys)
+    title = f"summary{' — ' + fixed if fixed else ''}: mean, 95% bootstrap CI, n"
+    table = Table(title=title)
+    for col in (*keys, "method", "metric", "mean", "95% CI", "n"):
+        table.add_column(col, justify="right" if col in ("mean", "n") else "left", no_wrap=True)
     for r in summary.itertuples(index=False):
         metric = r.metric + (f".{r.variant}" if r.variant else "")
         metric += " ↑" if r.higher_is_better else " ↓"
+        cells = [str(getattr(r, k)) for k in keys] + [r.method, metric]
         if r.status != "ok":
-            table.add_row(r.dataset, r.model, r.method, metric, r.status, str(r.message), "0")
-            continue
-        ci = f"[{_fmt(r.ci_low)}, {_fmt(r.ci_high)}]"
-        table.add_row(r.dataset, r.model, r.method, metric, _fmt(r.mean), ci, str(r.n))
+            table.add_row(*cells, r.status, str(r.message), "0")
+        else:
+            ci = f"{_fmt(r.ci_low)}–{_fmt(r.ci_high)}"
+            table.add_row(*cells, _fmt(r.mean), ci, str(r.n))
     out.print(table)
 
 

@@ -27,7 +27,7 @@ from .schema import CURVES, SCORES, SUMMARY, Column, arrow_schema
 from .seeding import derive_seed
 from .stats import bootstrap_ci
 
-__all__ = ["RunStore", "summarize"]
+__all__ = ["RunStore", "read_summary", "summarize"]
 
 _GROUP = ["suite", "dataset", "model", "method", "metric", "variant"]
 
@@ -149,3 +149,10 @@ def summarize(scores: pd.DataFrame, *, seed: int) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows, columns=[c.name for c in SUMMARY])
+
+
+def read_summary(path: Path) -> pd.DataFrame:
+    """Read ``summary.csv`` back with its types (``variant`` '' stays '', not NaN)."""
+    df = pd.read_csv(path, dtype={"variant": str, "message": str}, keep_default_na=True)
+    df["variant"] = df["variant"].fillna("")
+    return df

@@ -83,3 +83,24 @@ def test_results_readme_documents_every_column() -> None:
     for cols in (SCORES, CURVES, SUMMARY):
         for c in cols:
             assert f"| `{c.name}` | {c.type} |" in readme, c.name
+
+
+def test_summary_roundtrip_keeps_empty_variant(tmp_path: Path) -> None:
+    from benchbox.store import read_summary
+
+    base = {
+        "suite": "s",
+        "dataset": "d",
+        "model": "m",
+        "method": "a",
+        "metric": "k",
+        "higher_is_better": False,
+        "status": "ok",
+        "message": None,
+    }
+    rows = [{**base, "variant": v, "value": x} for v, x in (("", 1.0), ("abs", 2.0))]
+    summarize(pd.DataFrame(rows), seed=0).to_csv(tmp_path / "s.csv", index=False)
+    back = read_summary(tmp_path / "s.csv")
+    assert back["variant"].tolist() == ["", "abs"]
+    assert back["higher_is_better"].tolist() == [False, False]
+    assert back["message"].isna().all()
