@@ -1,0 +1,188 @@
+"""A small CAM-compatible CNN, trained on the fly on the benchmark's dataset and cached.
+
+``CNNGapNet`` maps raw ``[B, C, H, W]`` intensities in [0, 1] to logits ``[B, K]``::
+
+    x -> (x - mean) / std -> block1 -> pool -> block2 -> pool -> block3 -> GAP -> linear
+
+Each block is conv3x3 -> BatchNorm -> ReLU. ``block3``'s output (ReLU'd, at 1/4 of the input
+resolution) feeds global average pooling and the linear head directly, so Class Activation Mapping
+(Zhou et al., CVPR 2016: ``CAM_k = sum_c w_kc A_c``) is exact for it and Grad-CAM (Selvaraju et
+al., ICCV 2017) on it equals CAM divided by ``H W / 16``. It is the ``"auto"`` target layer.
+
+Why three blocks: a fourth 3x3 block at the same resolution trained as accurately but its CAM
+spread beyond the lesion (Grad-CAM argmax inside the lesion mask for 18–60% of positives across
+seeds, against 91–96% with three blocks, on ``synthetic_lesions_2d`` at its defaults).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Annotated, Any
+
+import torch
+from pydantic import Field, PositiveInt
+from torch import Tensor, nn
+
+from ..core import Capability, Dataset, ExplainedModel, InputSpec, ModelBuilder
+from ..errors import UserError
+from ..seeding import derive_seed
+from . import training
+
+__all__ = ["CNNGap", "CNNGapNet"]
+
+
+def _block(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, kernel_size=3, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(),  # not in-place, so hooks on the block see an unmodified output
+    )
+
+
+class CNNGapNet(nn.Module):
+    """Three conv blocks, global average pooling, linear head; normalization inside.
+
+    Args:
+        in_channels: C of the input ``[B, C, H, W]``.
+        num_classes: K of the logits ``[B, K]``.
+        width: channels of block1; blocks 2 and 3 have 2x and 4x.
+        mean, std: per-channel normalization, kept as buffers (they travel with the state_dict).
+    """
+
+    def __init__(
+        self,
+        *,
+        in_channels: int = 1,
+        num_classes: int = 2,
+        width: int = 16,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+    ) -> None:
+        super().__init__()
+        mean = [0.0] * in_channels if mean is None else list(mean)
+        std = [1.0] * in_channels if std is None else list(std)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+        self.block1 = _block(in_channels, width)
+        self.pool1 = nn.MaxPool2d(2)
+        self.block2 = _block(width, 2 * width)
+        self.pool2 = nn.MaxPool2d(2)
+        self.block3 = _block(2 * width, 4 * width)
+        self.gap = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(4 * width, num_classes)
+
+    mean: Tensor
+    std: Tensor
+
+    def features(self, x: Tensor) -> Tensor:
+        """ReLU'd activations of the last block, ``[B, 4 * width, H / 4, W / 4]``."""
+        x = (x - self.mean) / self.std
+        x = self.pool1(self.block1(x))
+        x = self.pool2(self.block2(x))
+        return self.block3(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.gap(self.features(x)).flatten(1))
+
+    def target_layers(self) -> dict[str, nn.Module]:
+        """``"auto"`` (= ``block3``, the CAM layer) and every block by name."""
+        return {
+            "auto": self.block3,
+            "block1": self.block1,
+            "block2": self.block2,
+            "block3": self.block3,
+        }
+
+
+class CNNGap(ModelBuilder):
+    """Small 3-block CNN with global average pooling (CAM-ready), trained on the fly and cached.
+
+    Parameters:
+        width: channels of the first block (later blocks 2x, 4x); cost grows ~ width².
+        epochs: training epochs; the epoch with the best validation accuracy is kept.
+        lr: Adam learning rate (cosine-decayed to 0).
+        weight_decay: L2 penalty.
+        train_batch_size: mini-batch size for training (the suite's batch size is for inference).
+
+    Weights are cached by content (dataset spec, these parameters, seed, torch version), see
+    ``benchbox.models.training``; the facts recorded in ``info`` include test accuracy and AUROC.
+    """
+
+    needs = frozenset({Capability.LABELS, Capability.IMAGES_2D})
+    provides = frozenset({Capability.GRADIENTS, Capability.TARGET_LAYER})
+
+    def __init__(
+        self,
+        *,
+        width: PositiveInt = 16,
+        epochs: PositiveInt = 12,
+        lr: Annotated[float, Field(gt=0, le=1)] = 3e-3,
+        weight_decay: Annotated[float, Field(ge=0)] = 1e-4,
+        train_batch_size: PositiveInt = 64,
+    ) -> None:
+        self.width = int(width)
+        self.epochs = int(epochs)
+        self.lr = float(lr)
+        self.weight_decay = float(weight_decay)
+        self.train_batch_size = int(train_batch_size)
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "width": self.width,
+            "epochs": self.epochs,
+            "lr": self.lr,
+            "weight_decay": self.weight_decay,
+            "train_batch_size": self.train_batch_size,
+        }
+
+    def build(
+        self, dataset: Dataset, *, seed: int, device: torch.device, batch_size: int
+    ) -> ExplainedModel:
+        if len(dataset.spatial_size) != 2:
+            raise UserError(
+                f"model cnn_gap takes 2D images, but the dataset's samples have spatial size "
+                f"{tuple(dataset.spatial_size)}; use a 2D dataset"
+            )
+        # Initialise under a private RNG so the weights depend on `seed` alone, not on whatever
+        # drew from the global generator before.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed("cnn_gap.init", seed))
+            module = CNNGapNet(
+                in_channels=dataset.channels, num_classes=dataset.num_classes, width=self.width
+            )
+        key = training.cache_key(dataset.spec(), type(self), self.params(), seed)
+
+        def fit(_: nn.Module) -> dict[str, Any]:  # `_` is `module`, typed as a CNNGapNet here
+            mean, std = training.channel_stats(dataset, "train")
+            module.mean.copy_(mean.view(module.mean.shape))
+            module.std.copy_(std.view(module.std.shape))
+            facts = training.train_classifier(
+                module,
+                dataset,
+                seed=seed,
+                device=device,
+                epochs=self.epochs,
+                lr=self.lr,
+                weight_decay=self.weight_decay,
+                batch_size=self.train_batch_size,
+                eval_batch_size=batch_size,
+            )
+            test = training.evaluate(module, dataset, "test", device=device, batch_size=batch_size)
+            return {**facts, "test_accuracy": test["accuracy"], "test_auroc": test["auroc"]}
+
+        info = training.cached_fit(module, key, fit)
+        module.to(device).eval()
+        spec = InputSpec(
+            channels=dataset.channels,
+            size=tuple(dataset.spatial_size),
+            mean=tuple(module.mean.flatten().tolist()),
+            std=tuple(module.std.flatten().tolist()),
+        )
+        return ExplainedModel(
+            module=module,
+            input_spec=spec,
+            num_classes=dataset.num_classes,
+            target_layers=module.target_layers(),
+            info=info,
+            provides=self.provides,
+        )
