@@ -32,9 +32,11 @@ __all__ = [
     "MetricOutput",
     "ModelBuilder",
     "Split",
+    "Task",
 ]
 
 Split = Literal["train", "val", "test"]
+Task = Literal["classification", "segmentation", "anomaly"]
 
 
 class Capability(str, enum.Enum):
@@ -141,8 +143,13 @@ class InputSpec:
 class ExplainedModel:
     """A model ready to be explained: eval mode, normalization inside, named target layers.
 
+    Whatever the task, ``module`` maps raw ``x`` ``[B, C, *spatial]`` to class scores
+    ``[B, num_classes]``, so methods and metrics see one scalar target function per class:
+    classification — the logits; segmentation — a class's logits summed inside a region (the
+    network is wrapped); anomaly detection — the anomaly score as a single "class".
+
     Attributes:
-        module: maps raw ``x`` ``[B, C, *spatial]`` to logits ``[B, num_classes]``.
+        module: maps raw ``x`` ``[B, C, *spatial]`` to scores ``[B, num_classes]``.
         target_layers: name -> submodule for CAM-type methods; ``"auto"`` is the last conv layer.
         info: facts recorded in the manifest (test accuracy, AUROC, cache key, ...).
     """
@@ -153,6 +160,7 @@ class ExplainedModel:
     target_layers: dict[str, nn.Module] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
     provides: frozenset[Capability] = frozenset({Capability.GRADIENTS})
+    task: Task = "classification"
 
     def target_layer(self, name: str = "auto") -> nn.Module:
         from .errors import UserError

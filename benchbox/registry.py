@@ -70,7 +70,7 @@ class Registry(Generic[T]):
         self.kind = kind
         self.group = group
         self._entries: dict[str, RegistryEntry] = {}
-        self._prefixes: dict[str, Callable[[str], T]] = {}
+        self._prefixes: dict[str, Callable[[str], T] | str] = {}
         self._plugins_loaded = False
 
     # -- registration -------------------------------------------------------------------------
@@ -84,11 +84,17 @@ class Registry(Generic[T]):
             )
         self._entries[name] = RegistryEntry(name, target, origin)
 
-    def register_prefix(self, prefix: str, resolver: Callable[[str], T]) -> None:
-        """Names ``prefix:rest`` resolve through ``resolver(rest)`` (adapters such as captum:)."""
+    def register_prefix(self, prefix: str, resolver: Callable[[str], T] | str) -> None:
+        """Names ``prefix:rest`` resolve through ``resolver(rest)`` (adapters such as captum:).
+
+        ``resolver`` may be a ``"module:function"`` string, imported on first use.
+        """
         if prefix in self._prefixes:
             raise ValueError(f"{self.kind} prefix {prefix!r} is already registered")
         self._prefixes[prefix] = resolver
+
+    def prefixes(self) -> list[str]:
+        return sorted(self._prefixes)
 
     def _load_plugins(self) -> None:
         if self._plugins_loaded:
@@ -118,7 +124,10 @@ class Registry(Generic[T]):
         if ":" in name:
             prefix, _, rest = name.partition(":")
             if prefix in self._prefixes:
-                return self._prefixes[prefix](rest)
+                resolver = self._prefixes[prefix]
+                if isinstance(resolver, str):
+                    resolver = self._prefixes[prefix] = import_object(resolver)
+                return resolver(rest)
             return import_object(name)
         raise UserError(self.unknown_message(name))
 
@@ -150,9 +159,24 @@ metrics: Registry[Any] = Registry("metric", "benchbox.metrics")
 _BUILTINS: dict[Registry[Any], dict[str, str]] = {
     datasets: {
         "synthetic_lesions_2d": "benchbox.datasets.synthetic:SyntheticLesions2D",
+        "brain_lesions_2d": "benchbox.datasets.brain:BrainLesions2D",
+        "brain_lesions_3d": "benchbox.datasets.brain:BrainLesions3D",
+        "brain_lesions_shortcut": "benchbox.datasets.brain:BrainLesionsShortcut",
+        "ct_lesions_2d": "benchbox.datasets.ct:CTLesions2D",
+        "image_folder": "benchbox.datasets.files:ImageFolder",
+        "nifti": "benchbox.datasets.files:NiftiFolder",
+        "dicom": "benchbox.datasets.files:DicomFolder",
+        "medmnist_npz": "benchbox.datasets.files:MedMNISTNpz",
     },
     models: {
         "cnn_gap": "benchbox.models.cnn:CNNGap",
+        "resnet_small": "benchbox.models.resnet:ResNetSmall",
+        "attention_cnn": "benchbox.models.attention:AttentionCNN",
+        "vae": "benchbox.models.vae:VAE",
+        "cnn3d": "benchbox.models.cnn3d:CNN3D",
+        "unet_small": "benchbox.models.unet:UNetSmall",
+        "user_model": "benchbox.models.external:UserModel",
+        "torchscript": "benchbox.models.external:TorchScript",
     },
     methods: {
         "saliency": "benchbox.methods.gradient:Saliency",
@@ -168,6 +192,9 @@ _BUILTINS: dict[Registry[Any], dict[str, str]] = {
 for _registry, _table in _BUILTINS.items():
     for _name, _path in _table.items():
         _registry.register(_name, _path)
+
+models.register_prefix("torchvision", "benchbox.models.external:torchvision_builder")
+models.register_prefix("timm", "benchbox.models.external:timm_builder")
 
 REGISTRIES: dict[str, Registry[Any]] = {
     "datasets": datasets,

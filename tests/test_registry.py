@@ -124,3 +124,20 @@ def test_import_benchbox_is_light() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def _builtin_entries() -> list[tuple[str, str]]:
+    return [(kind, name) for kind, reg in REGISTRIES.items() for name in reg.names()]
+
+
+@pytest.mark.parametrize(("kind", "name"), _builtin_entries())
+def test_every_builtin_resolves_to_its_base_class(kind: str, name: str) -> None:
+    from benchbox.core import Dataset, Method, Metric, ModelBuilder
+
+    base = {"datasets": Dataset, "models": ModelBuilder, "methods": Method, "metrics": Metric}
+    cls = REGISTRIES[kind].get(name)
+    assert isinstance(cls, type) and issubclass(cls, base[kind])
+    doc = REGISTRIES[kind].describe(name)
+    assert doc and not doc.startswith("(unavailable"), doc
+    if kind == "metrics":
+        assert isinstance(cls.higher_is_better, bool)
