@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import enum
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -63,6 +63,9 @@ class Batch:
         target: long ``[B]``, the class the explanation is for (label or prediction).
         mask: bool ``[B, 1, *spatial]`` ground-truth region, or None when the dataset has none.
         ids: stable sample ids, one per sample; they key every stored row.
+        aux_masks: further named bool ``[B, 1, *spatial]`` regions (e.g. ``"marker"``: a
+            spurious scanner tag), so a metric can ask whether a map points at them.
+        meta: per-batch facts a loader keeps (e.g. ``"pixel_spacing"`` ``[B, n_dims]``).
     """
 
     x: Tensor
@@ -70,6 +73,8 @@ class Batch:
     ids: tuple[str, ...]
     target: Tensor | None = None
     mask: Tensor | None = None
+    aux_masks: Mapping[str, Tensor] = field(default_factory=dict)
+    meta: Mapping[str, Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
@@ -81,10 +86,12 @@ class Batch:
             ids=self.ids,
             target=None if self.target is None else self.target.to(device),
             mask=None if self.mask is None else self.mask.to(device),
+            aux_masks={k: v.to(device) for k, v in self.aux_masks.items()},
+            meta={k: v.to(device) for k, v in self.meta.items()},
         )
 
     def with_target(self, target: Tensor) -> Batch:
-        return Batch(x=self.x, label=self.label, ids=self.ids, target=target, mask=self.mask)
+        return replace(self, target=target)
 
 
 class Component:
@@ -120,6 +127,15 @@ class Dataset(Component, ABC):
     @abstractmethod
     def spec(self) -> dict[str, Any]:
         """Everything that determines the data; part of the model cache key."""
+
+    def probe_sets(self) -> dict[str, tuple[Split, Callable[[Batch], Batch]]]:
+        """Named variants of a split on which every trained model is also evaluated.
+
+        E.g. ``{"test_without_marker": ("test", remove_marker)}``: the runner records the model's
+        accuracy on each in the manifest (``<name>_accuracy``), which shows whether a model relies
+        on a shortcut. Default: none.
+        """
+        return {}
 
     def batches(self, split: Split, batch_size: int, limit: int | None = None) -> Iterator[Batch]:
         n = self.split_size(split)

@@ -23,7 +23,16 @@ import pandas as pd
 import torch
 
 from . import __version__
-from .core import Batch, Dataset, ExplainedModel, Method, Metric, MetricContext, MetricOutput
+from .core import (
+    Batch,
+    Dataset,
+    ExplainedModel,
+    Method,
+    Metric,
+    MetricContext,
+    MetricOutput,
+    Split,
+)
 from .errors import UserError
 from .planner import Job, plan
 from .seeding import derive_seed, make_generator
@@ -222,7 +231,27 @@ def _build_model(
     seed = derive_seed(suite.seed, "model", spec.name, spec.params_json)
     model = builder.build(ds, seed=seed, device=dev, batch_size=suite.batch_size)
     model.module.eval()
+    for name, (split, transform) in ds.probe_sets().items():
+        model.info[f"{name}_accuracy"] = _accuracy(model, ds, split, transform, suite, dev)
     return model
+
+
+def _accuracy(
+    model: ExplainedModel,
+    ds: Dataset,
+    split: Split,
+    transform: Callable[[Batch], Batch],
+    suite: Suite,
+    dev: torch.device,
+) -> float:
+    """Accuracy of ``model`` on ``transform``-ed batches of ``split`` (a dataset's probe set)."""
+    correct = total = 0
+    with torch.no_grad():
+        for batch in ds.batches(split, suite.batch_size):
+            b = transform(batch).to(dev)
+            correct += int((model(b.x).argmax(dim=1) == b.label).sum())
+            total += len(b)
+    return correct / max(total, 1)
 
 
 def _base_columns(job: Job, suite: Suite, run_id: str) -> dict[str, Any]:

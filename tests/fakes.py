@@ -239,3 +239,13 @@ def tiny_suite(**overrides: Any) -> dict[str, Any]:
     }
     suite.update(overrides)
     return suite
+
+
+class ProbeData(TinyData):
+    """TinyData with two probe sets: the test split as is, and with labels flipped."""
+
+    def probe_sets(self) -> dict[str, tuple[Split, Any]]:
+        def flip(b: Batch) -> Batch:
+            return Batch(x=b.x, label=1 - b.label, ids=b.ids, mask=b.mask)
+
+        return {"test_same": ("test", lambda b: b), "test_flipped": ("test", flip)}

@@ -176,3 +176,12 @@ def test_runs_on_cuda(tmp_path: Path) -> None:
     cpu = _run(tmp_path).scores
     grad = res.scores["method"] == "tests.fakes:Grad"
     np.testing.assert_allclose(res.scores.loc[grad, "value"], cpu.loc[grad, "value"], atol=1e-5)
+
+
+def test_probe_sets_are_evaluated_into_the_manifest(tmp_path: Path) -> None:
+    res = _run(tmp_path, datasets=["tests.fakes:ProbeData"])
+    (info,) = res.manifest["models"]
+    same, flipped = info["test_same_accuracy"], info["test_flipped_accuracy"]
+    assert same + flipped == pytest.approx(1.0)
+    scores = res.scores.drop_duplicates("sample_id")
+    assert same == pytest.approx((scores["prediction"] == scores["label"]).mean())
