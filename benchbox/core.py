@@ -48,6 +48,9 @@ class Capability(str, enum.Enum):
     VOLUMES_3D = "volumes_3d"  # dataset: x is [B, C, D, H, W]
     GRADIENTS = "gradients"  # model: differentiable w.r.t. its input
     TARGET_LAYER = "target_layer"  # model: a named convolutional layer for CAM-type methods
+    GAP_HEAD = "gap_head"  # model: conv features -> global average pooling -> linear (CAM)
+    ATTENTION_MAPS = "attention_maps"  # model: exposes its own attention maps (attention_cnn)
+    RECONSTRUCTION = "reconstruction"  # model: reconstructs its input (VAE anomaly maps)
 
     def __str__(self) -> str:
         return self.value

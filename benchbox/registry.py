@@ -179,10 +179,44 @@ _BUILTINS: dict[Registry[Any], dict[str, str]] = {
         "torchscript": "benchbox.models.external:TorchScript",
     },
     methods: {
+        # gradient family
         "saliency": "benchbox.methods.gradient:Saliency",
+        "input_x_gradient": "benchbox.methods.gradient:InputXGradient",
         "integrated_gradients": "benchbox.methods.gradient:IntegratedGradients",
+        "gradient_shap": "benchbox.methods.gradient:GradientShap",
+        "deeplift": "benchbox.methods.gradient:DeepLift",
+        "deeplift_shap": "benchbox.methods.gradient:DeepLiftShap",
+        "guided_backprop": "benchbox.methods.gradient:GuidedBackprop",
+        "deconvnet": "benchbox.methods.gradient:Deconvnet",
+        "smoothgrad": "benchbox.methods.noise:SmoothGrad",
+        "smoothgrad_sq": "benchbox.methods.noise:SmoothGradSq",
+        "vargrad": "benchbox.methods.noise:VarGrad",
+        # CAM family
+        "cam": "benchbox.methods.cam:CAM",
         "grad_cam": "benchbox.methods.cam:GradCAM",
+        "grad_cam_pp": "benchbox.methods.cam:GradCAMPlusPlus",
+        "guided_grad_cam": "benchbox.methods.cam:GuidedGradCAM",
+        "score_cam": "benchbox.methods.cam:ScoreCAM",
+        # perturbation
+        "occlusion": "benchbox.methods.perturbation:Occlusion",
+        "lime": "benchbox.methods.perturbation:Lime",
+        "kernel_shap": "benchbox.methods.perturbation:KernelShap",
+        "rise": "benchbox.methods.perturbation:RISE",
+        "feature_ablation": "benchbox.methods.perturbation:FeatureAblation",
+        # decomposition
+        "lrp_epsilon": "benchbox.methods.lrp:LRPEpsilon",
+        "lrp_gamma": "benchbox.methods.lrp:LRPGamma",
+        "lrp_alpha_beta": "benchbox.methods.lrp:LRPAlphaBeta",
+        # model-intrinsic and generative
+        "attention": "benchbox.methods.intrinsic:Attention",
+        "vae_residual": "benchbox.methods.intrinsic:VAEResidual",
+        "iterative_saliency": "benchbox.methods.intrinsic:IterativeSaliency",
+        "dominant_class": "benchbox.methods.intrinsic:DominantClass",
+        # controls
         "random": "benchbox.methods.controls:Random",
+        "edge": "benchbox.methods.controls:Edge",
+        "centre": "benchbox.methods.controls:Centre",
+        "constant": "benchbox.methods.controls:Constant",
     },
     metrics: {
         "pointing_game": "benchbox.metrics.localization:PointingGame",
@@ -193,6 +227,9 @@ for _registry, _table in _BUILTINS.items():
     for _name, _path in _table.items():
         _registry.register(_name, _path)
 
+methods.register_prefix("captum", "benchbox.methods.adapters:captum_method")
+methods.register_prefix("gradcam", "benchbox.methods.adapters:gradcam_method")
+methods.register_prefix("zennit", "benchbox.methods.adapters:zennit_method")
 models.register_prefix("torchvision", "benchbox.models.external:torchvision_builder")
 models.register_prefix("timm", "benchbox.models.external:timm_builder")
 
