@@ -364,3 +364,23 @@ def test_random_is_uniform_and_seeded() -> None:
     assert a.min() >= 0.0 and a.max() < 1.0
     assert abs(a.mean().item() - 0.5) < 0.02
     assert torch.unique(a).numel() == a.numel()  # no ties
+
+
+def test_in_chunks_halves_on_cuda_oom_and_keeps_order() -> None:
+    from benchbox.methods.base import in_chunks
+
+    sizes: list[int] = []
+
+    def fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        sizes.append(x.shape[0])
+        if x.shape[0] > 2:
+            raise torch.cuda.OutOfMemoryError("fake")
+        return x * 2 + t[:, None]
+
+    x = torch.arange(10.0).reshape(5, 2)
+    t = torch.arange(5)
+    out = in_chunks(fn, x, t, size=8)
+    assert torch.equal(out, x * 2 + t[:, None])
+    assert sizes[:2] == [5, 2]  # 8 capped at 5, OOM, halved to 2 (5 // 2)
+    with pytest.raises(RuntimeError, match="out of memory with one sample per pass"):
+        in_chunks(lambda a, b: (_ for _ in ()).throw(torch.cuda.OutOfMemoryError("x")), x, t)

@@ -14,7 +14,7 @@ Everything here imports torch only (scipy lazily for the RISE kernel).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from typing import Literal, get_args
@@ -34,6 +34,7 @@ __all__ = [
     "explaining",
     "finish",
     "hook_counts",
+    "in_chunks",
     "reduce_channels",
     "reference_image",
     "rise_blur_kernel",
@@ -223,3 +224,31 @@ def rows_per_pass(x: Tensor, budget_elements: int = 1 << 24, cap: int = 512) -> 
     """
     per_row = max(1, math.prod(x.shape[1:]))
     return max(1, min(cap, budget_elements // per_row))
+
+
+def in_chunks(
+    fn: Callable[[Tensor, Tensor], Tensor],
+    x: Tensor,
+    target: Tensor,
+    size: int | None = None,
+) -> Tensor:
+    """``fn`` over row chunks of (``x`` ``[B, ...]``, ``target`` ``[B]``), concatenated on dim 0.
+
+    Every method's internal batching goes through here: ``size`` rows per pass (default: all), and
+    on CUDA out-of-memory the chunk is halved and the whole call retried, down to one row. A
+    stochastic method that draws per pass consumes its generator again on a retry, so its maps
+    then differ from an uninterrupted call (deterministic methods are unaffected).
+    """
+    n = x.shape[0]
+    size = n if size is None else max(1, min(size, n))
+    while True:
+        try:
+            return torch.cat([fn(x[i : i + size], target[i : i + size]) for i in range(0, n, size)])
+        except torch.cuda.OutOfMemoryError as exc:
+            if size == 1:
+                raise RuntimeError(
+                    "CUDA out of memory with one sample per pass; use smaller images, fewer "
+                    "method steps, or device: cpu"
+                ) from exc
+            torch.cuda.empty_cache()
+            size = max(1, size // 2)
