@@ -219,8 +219,28 @@ _BUILTINS: dict[Registry[Any], dict[str, str]] = {
         "constant": "benchbox.methods.controls:Constant",
     },
     metrics: {
+        # localization against ground-truth masks
         "pointing_game": "benchbox.metrics.localization:PointingGame",
+        "energy_pointing_game": "benchbox.metrics.localization:EnergyPointingGame",
+        "relevance_mass": "benchbox.metrics.localization:RelevanceMass",
+        "relevance_rank": "benchbox.metrics.localization:RelevanceRank",
+        "topk_intersection": "benchbox.metrics.localization:TopKIntersection",
+        "auroc": "benchbox.metrics.localization:AUROC",
+        "auprc": "benchbox.metrics.localization:AUPRC",
+        "iou": "benchbox.metrics.localization:IoU",
+        "dice": "benchbox.metrics.localization:Dice",
+        # faithfulness
         "deletion": "benchbox.metrics.faithfulness:Deletion",
+        "insertion": "benchbox.metrics.faithfulness:Insertion",
+        "pixel_flipping": "benchbox.metrics.faithfulness:PixelFlipping",
+        "region_perturbation": "benchbox.metrics.faithfulness:RegionPerturbation",
+        "road": "benchbox.metrics.faithfulness:ROAD",
+        "faithfulness_correlation": "benchbox.metrics.faithfulness:FaithfulnessCorrelation",
+        "infidelity": "benchbox.metrics.faithfulness:Infidelity",
+        # complexity
+        "sparseness": "benchbox.metrics.complexity:Sparseness",
+        "complexity": "benchbox.metrics.complexity:Complexity",
+        "effective_complexity": "benchbox.metrics.complexity:EffectiveComplexity",
     },
 }
 for _registry, _table in _BUILTINS.items():
@@ -228,6 +248,7 @@ for _registry, _table in _BUILTINS.items():
         _registry.register(_name, _path)
 
 methods.register_prefix("captum", "benchbox.methods.adapters:captum_method")
+metrics.register_prefix("quantus", "benchbox.metrics.adapters:quantus_metric")
 methods.register_prefix("gradcam", "benchbox.methods.adapters:gradcam_method")
 methods.register_prefix("zennit", "benchbox.methods.adapters:zennit_method")
 models.register_prefix("torchvision", "benchbox.models.external:torchvision_builder")
