@@ -252,3 +252,26 @@ def in_chunks(
                 ) from exc
             torch.cuda.empty_cache()
             size = max(1, size // 2)
+
+
+# -- scalar target scores of perturbation methods (Score-CAM, RISE) --------------------------------
+__all__ += ["Score", "target_score"]
+
+Score = Literal["logit", "probability"]
+
+
+def target_score(logits: Tensor, target: Tensor, score: Score) -> Tensor:
+    """The target's score ``[B]`` from the model's outputs ``logits`` ``[B, K]``.
+
+    - ``logit``: ``y_c``, the model's scalar target function (every gradient method uses it).
+    - ``probability``: ``softmax(y)_c`` for ``K >= 2`` outputs, ``sigmoid(y_0)`` for a single
+      output (an anomaly score or a binary logit), where a softmax would be constantly 1. Score-CAM
+      and RISE define their weights with the class probability.
+    """
+    if score == "logit":
+        values = logits
+    elif score == "probability":
+        values = torch.sigmoid(logits) if logits.shape[1] == 1 else logits.softmax(dim=1)
+    else:
+        raise ValueError(f"score must be one of {get_args(Score)}, got {score!r}")
+    return values.gather(1, target[:, None]).squeeze(1)
