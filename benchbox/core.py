@@ -68,7 +68,7 @@ class Batch:
         ids: stable sample ids, one per sample; they key every stored row.
         aux_masks: further named bool ``[B, 1, *spatial]`` regions (e.g. ``"marker"``: a
             spurious scanner tag), so a metric can ask whether a map points at them.
-        meta: per-batch facts a loader keeps (e.g. ``"pixel_spacing"`` ``[B, n_dims]``).
+        meta: per-batch facts a loader keeps (e.g. ``"spacing"``: voxel size ``[B, n_dims]``).
     """
 
     x: Tensor

@@ -8,6 +8,7 @@ store writes them as ``status="skipped"`` rows, so nothing is dropped silently.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from .core import Capability
@@ -44,12 +45,18 @@ def _missing(needs: frozenset[Capability], have: frozenset[Capability]) -> str:
     return ", ".join(sorted(str(c) for c in needs - have))
 
 
-def plan(suite: Suite) -> list[Job]:
+def plan(
+    suite: Suite, dataset_provides: Mapping[str, frozenset[Capability]] | None = None
+) -> list[Job]:
+    """Jobs in suite order. ``dataset_provides`` (keyed by the dataset's YAML path) overrides a
+    dataset class's declared capabilities with those of the built instance: whether a folder of
+    files has masks, or is 2D or 3D, is known only once it has been read."""
     jobs: list[Job] = []
     for d in suite.datasets:
+        d_caps = (dataset_provides or {}).get(d.path, _caps(d, "provides"))
         for m in suite.models:
-            have = _caps(d, "provides") | _caps(m, "provides")
-            model_gap = _missing(_caps(m, "needs"), _caps(d, "provides"))
+            have = d_caps | _caps(m, "provides")
+            model_gap = _missing(_caps(m, "needs"), d_caps)
             for meth in suite.methods:
                 reason = None
                 if model_gap:

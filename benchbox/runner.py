@@ -113,10 +113,10 @@ def run_suite(
     dev = resolve_device(device or suite.device, source="--device" if device else suite.source)
     started = time.perf_counter()
     started_at = datetime.now(timezone.utc).isoformat()
-    jobs = plan(suite)
     # Datasets are built before anything runs, so a bad path or parameter stops the run (exit 2)
-    # before any work or any results folder exists.
+    # before any work or any results folder exists, and the plan sees what each one provides.
     datasets = {d.path: _build_dataset(d, suite) for d in suite.datasets}
+    jobs = plan(suite, {path: frozenset(ds.provides) for path, ds in datasets.items()})
     store = RunStore.create(output or suite.output, suite.name, suite.hash)
 
     n_batches = {

@@ -249,3 +249,16 @@ class ProbeData(TinyData):
             return Batch(x=b.x, label=1 - b.label, ids=b.ids, mask=b.mask)
 
         return {"test_same": ("test", lambda b: b), "test_flipped": ("test", flip)}
+
+
+class MaybeMaskData(TinyData):
+    """TinyData whose instance has no masks unless asked (like a folder without a mask column)."""
+
+    def __init__(self, *, masks: bool = False, n: PositiveInt = 10):
+        super().__init__(n=n)
+        if not masks:
+            self.provides = frozenset({Capability.LABELS, Capability.IMAGES_2D})
+
+    def get(self, split: Split, indices: Sequence[int]) -> Batch:
+        b = super().get(split, indices)
+        return b if Capability.MASKS in self.provides else Batch(x=b.x, label=b.label, ids=b.ids)

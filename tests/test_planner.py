@@ -63,3 +63,15 @@ def test_model_needs_are_checked_against_the_dataset() -> None:
         assert all("needs volumes_3d" in (j.skip_reason or "") for j in plan(suite))
     finally:
         del fakes.Needs3D  # type: ignore[attr-defined]
+
+
+def test_built_dataset_capabilities_override_the_class() -> None:
+    from benchbox.core import Capability
+
+    suite = parse_suite(tiny_suite(methods=["tests.fakes:Grad"]))
+    no_masks = frozenset({Capability.LABELS, Capability.IMAGES_2D})
+    (job,) = plan(suite, {"datasets[0]": no_masks})
+    assert [m.name for m in job.metrics] == ["tests.fakes:TwoWay"]
+    assert job.skipped_metrics[0][0].name == "tests.fakes:MaskMass"
+    (job,) = plan(suite)  # the class declares masks
+    assert len(job.metrics) == 2

@@ -185,3 +185,10 @@ def test_probe_sets_are_evaluated_into_the_manifest(tmp_path: Path) -> None:
     assert same + flipped == pytest.approx(1.0)
     scores = res.scores.drop_duplicates("sample_id")
     assert same == pytest.approx((scores["prediction"] == scores["label"]).mean())
+
+
+def test_runner_plans_with_the_built_datasets_capabilities(tmp_path: Path) -> None:
+    res = _run(tmp_path, datasets=["tests.fakes:MaybeMaskData"], methods=["tests.fakes:Grad"])
+    assert not res.failed
+    mass = res.scores[res.scores["metric"] == "tests.fakes:MaskMass"]
+    assert mass["status"].tolist() == ["skipped"]
