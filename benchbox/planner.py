@@ -8,13 +8,13 @@ store writes them as ``status="skipped"`` rows, so nothing is dropped silently.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from .core import Capability
 from .suite import ComponentSpec, Suite
 
-__all__ = ["Job", "plan"]
+__all__ = ["Job", "plan", "replan"]
 
 
 @dataclass(frozen=True)
@@ -55,32 +55,48 @@ def plan(
     for d in suite.datasets:
         d_caps = (dataset_provides or {}).get(d.path, _caps(d, "provides"))
         for m in suite.models:
-            have = d_caps | _caps(m, "provides")
-            model_gap = _missing(_caps(m, "needs"), d_caps)
             for meth in suite.methods:
-                reason = None
-                if model_gap:
-                    reason = (
-                        f"model {m.name!r} needs {model_gap}, which dataset {d.name!r} "
-                        f"does not provide"
-                    )
-                elif gap := _missing(_caps(meth, "needs"), have):
-                    reason = (
-                        f"method {meth.name!r} needs {gap}, which neither dataset "
-                        f"{d.name!r} nor model {m.name!r} provides"
-                    )
-                ok: list[ComponentSpec] = []
-                skipped: list[tuple[ComponentSpec, str]] = []
-                for met in suite.metrics:
-                    if gap := _missing(_caps(met, "needs"), have):
-                        skipped.append(
-                            (
-                                met,
-                                f"metric {met.name!r} needs {gap}, which neither "
-                                f"dataset {d.name!r} nor model {m.name!r} provides",
-                            )
-                        )
-                    else:
-                        ok.append(met)
-                jobs.append(Job(len(jobs), d, m, meth, tuple(ok), tuple(skipped), reason))
+                jobs.append(
+                    _job(len(jobs), d, m, meth, suite.metrics, d_caps, _caps(m, "provides"))
+                )
     return jobs
+
+
+def replan(
+    job: Job,
+    metrics: Sequence[ComponentSpec],
+    dataset_provides: frozenset[Capability],
+    model_provides: frozenset[Capability],
+) -> Job:
+    """``job`` re-checked against a built model's capabilities (a user's net without a conv layer
+    has no target layer; a TorchScript module allows no hooks), so unmet needs become skips.
+    ``metrics`` are the suite's, in suite order."""
+    return _job(
+        job.index, job.dataset, job.model, job.method, metrics, dataset_provides, model_provides
+    )
+
+
+def _job(
+    index: int,
+    d: ComponentSpec,
+    m: ComponentSpec,
+    meth: ComponentSpec,
+    metrics: Sequence[ComponentSpec],
+    d_caps: frozenset[Capability],
+    m_caps: frozenset[Capability],
+) -> Job:
+    have = d_caps | m_caps
+    where = f"neither dataset {d.name!r} nor model {m.name!r} provides"
+    reason = None
+    if gap := _missing(_caps(m, "needs"), d_caps):
+        reason = f"model {m.name!r} needs {gap}, which dataset {d.name!r} does not provide"
+    elif gap := _missing(_caps(meth, "needs"), have):
+        reason = f"method {meth.name!r} needs {gap}, which {where}"
+    ok: list[ComponentSpec] = []
+    skipped: list[tuple[ComponentSpec, str]] = []
+    for met in metrics:
+        if gap := _missing(_caps(met, "needs"), have):
+            skipped.append((met, f"metric {met.name!r} needs {gap}, which {where}"))
+        else:
+            ok.append(met)
+    return Job(index, d, m, meth, tuple(ok), tuple(skipped), reason)

@@ -34,7 +34,7 @@ from .core import (
     Split,
 )
 from .errors import UserError
-from .planner import Job, plan
+from .planner import Job, plan, replan
 from .seeding import derive_seed, make_generator
 from .store import RunStore
 from .suite import ComponentSpec, Suite
@@ -143,13 +143,18 @@ def run_suite(
                         {"dataset": d.name, "model": m.name, "model_params": m.params, **model.info}
                     )
                 except UserError as exc:
-                    model_error = str(exc)
+                    model_error = f"{suite.source}: {m.path}: {exc}"
                 except Exception as exc:  # recorded as error rows; the run goes on
                     model_error = f"building model {m.name!r} failed: {type(exc).__name__}: {exc}"
             rep.advance()
             for job in pair:
                 t0 = time.perf_counter()
                 rep.status(job.label)
+                if model is not None and job.skip_reason is None:
+                    d_caps = frozenset(datasets[d.path].provides)
+                    job = replan(job, suite.metrics, d_caps, frozenset(model.provides))
+                    if job.skip_reason is not None:
+                        rep.advance(n_batches[d.path])
                 if job.skip_reason is not None:
                     scores, curves = (
                         _job_rows(job, suite, store.run_id, "skipped", job.skip_reason),

@@ -262,3 +262,22 @@ class MaybeMaskData(TinyData):
     def get(self, split: Split, indices: Sequence[int]) -> Batch:
         b = super().get(split, indices)
         return b if Capability.MASKS in self.provides else Batch(x=b.x, label=b.label, ids=b.ids)
+
+
+class ShyModel(TinyModel):
+    """Declares a target layer on the class, but the built model turns out to have none."""
+
+    def build(
+        self, dataset: Dataset, *, seed: int, device: torch.device, batch_size: int
+    ) -> ExplainedModel:
+        model = super().build(dataset, seed=seed, device=device, batch_size=batch_size)
+        model.provides = frozenset({Capability.GRADIENTS})
+        model.target_layers = {}
+        return model
+
+
+class MissingWeightsModel(TinyModel):
+    """A model whose weights file is missing (a user mistake found at build time)."""
+
+    def build(self, dataset: Dataset, **kw: Any) -> ExplainedModel:
+        raise UserError("weights: file 'w.safetensors' not found; check the path")

@@ -192,3 +192,20 @@ def test_runner_plans_with_the_built_datasets_capabilities(tmp_path: Path) -> No
     assert not res.failed
     mass = res.scores[res.scores["metric"] == "tests.fakes:MaskMass"]
     assert mass["status"].tolist() == ["skipped"]
+
+
+def test_jobs_are_rechecked_against_the_built_model(tmp_path: Path) -> None:
+    res = _run(tmp_path, models=["tests.fakes:ShyModel"], methods=["tests.fakes:NeedsLayer"])
+    assert not res.failed
+    assert set(res.scores["status"]) == {"skipped"}
+    assert "needs target_layer" in res.scores["message"].iloc[0]
+    assert res.manifest["jobs"][0]["status"] == "skipped"
+
+
+def test_model_user_error_names_the_suite_path(tmp_path: Path) -> None:
+    suite = parse_suite(tiny_suite(models=["tests.fakes:MissingWeightsModel"]), source="s.yaml")
+    res = run_suite(suite, output=tmp_path)
+    assert res.failed
+    assert res.scores["message"].iloc[0] == (
+        "s.yaml: models[0]: weights: file 'w.safetensors' not found; check the path"
+    )
