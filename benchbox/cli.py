@@ -177,6 +177,9 @@ def ls(
 
 
 def main() -> None:
+    # Like `python -m`, let a suite name `mypkg.module:Class` from the current directory.
+    if "" not in sys.path and str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
     try:
         app()
     except UserError as exc:
