@@ -208,8 +208,11 @@ class Method(Component, ABC):
     """An attribution method: ``attribute(model, x, target) -> [B, 1, *spatial]``.
 
     Implementations must leave no hooks behind, leave the model's parameters unchanged, and draw
-    every random number from ``generator``.
+    every random number from ``generator``. ``supports_3d`` says whether volumes
+    ``[B, C, D, H, W]`` are accepted (the contract tests check it).
     """
+
+    supports_3d: ClassVar[bool] = False
 
     @abstractmethod
     def attribute(
