@@ -275,3 +275,89 @@ def target_score(logits: Tensor, target: Tensor, score: Score) -> Tensor:
     else:
         raise ValueError(f"score must be one of {get_args(Score)}, got {score!r}")
     return values.gather(1, target[:, None]).squeeze(1)
+
+
+# -- per-sample random draws and statistics over draws (SmoothGrad, GradientShap, ...) ---------
+__all__ += ["DrawStat", "draw_generator", "over_draws", "sample_seeds"]
+
+DrawStat = Literal["mean", "mean_sq", "var"]
+
+
+def sample_seeds(generator: torch.Generator, n: int) -> list[int]:
+    """One seed per sample, ``n`` draws from ``generator`` in batch order, one draw per call.
+
+    A method whose per-sample draws come from ``draw_generator(seeds[i], ...)`` gives sample ``i``
+    the same draws whether it is explained in a batch or alone, as long as the calls share one
+    generator in sample order: the generator advances by exactly one draw per sample. The draws
+    are issued one per call because one call of ``n`` values is not the concatenation of ``n``
+    single-value calls on every device (CUDA's Philox generator offsets each call).
+    """
+    device = generator.device
+    draws = [torch.randint(0, 1 << 62, (1,), generator=generator, device=device) for _ in range(n)]
+    return [int(s) for s in torch.cat(draws).tolist()] if draws else []
+
+
+def draw_generator(
+    seed: int, *keys: object, device: torch.device, reuse: torch.Generator | None = None
+) -> torch.Generator:
+    """A generator on ``device`` seeded with ``derive_seed(seed, *keys)`` (``reuse``: reseed it)."""
+    from ..seeding import derive_seed
+
+    gen = torch.Generator(device=device) if reuse is None else reuse
+    gen.manual_seed(derive_seed(seed, *keys))
+    return gen
+
+
+def over_draws(
+    rows_fn: Callable[[Tensor, Tensor, Tensor], Tensor],
+    x: Tensor,
+    target: Tensor,
+    n: int,
+    *,
+    stat: DrawStat = "mean",
+    rows: int | None = None,
+) -> Tensor:
+    """A per-sample statistic over ``n`` draws of ``rows_fn``, in passes of at most ``rows`` rows.
+
+    ``rows_fn(sample, draw, target)`` gets long ``[k]`` sample indices (into ``x``'s batch), draw
+    indices in ``[0, n)`` and the samples' targets, sample-major (all draws of a sample are
+    adjacent), and returns ``[k, *out]``. Returns ``[B, *out]``: the ``mean`` over draws, the
+    ``mean_sq`` (mean of squares) or the population variance ``var`` (``1/n``, as Captum's
+    VarGrad). Passes hold ``⌊rows / n⌋`` whole samples (at least one) through ``in_chunks``, so
+    CUDA out-of-memory halves them; when ``n > rows`` a sample's draws go in blocks of ``rows``,
+    merged with Chan et al.'s pairwise mean/variance update. The blocks depend only on ``n`` and
+    ``rows``, never on the batch, so a ``rows_fn`` whose rows depend only on (sample, draw) gives
+    the same statistic for a sample in any batch. ``rows`` defaults to ``rows_per_pass(x)``.
+    """
+    if n < 1:
+        raise ValueError(f"over_draws: n must be >= 1, got {n}")
+    if stat not in get_args(DrawStat):
+        raise ValueError(f"over_draws: stat must be one of {get_args(DrawStat)}, got {stat!r}")
+    rows = rows_per_pass(x) if rows is None else max(1, rows)
+    block = min(n, rows)
+
+    def samples_pass(samples: Tensor, targets: Tensor) -> Tensor:
+        k = samples.shape[0]
+        count, mean, m2 = 0, torch.empty(0), torch.empty(0)
+        for start in range(0, n, block):
+            m = min(block, n - start)
+            draw = torch.arange(start, start + m, device=samples.device).repeat(k)
+            out = rows_fn(samples.repeat_interleave(m), draw, targets.repeat_interleave(m))
+            out = out.reshape(k, m, *out.shape[1:])
+            if stat == "mean_sq":
+                out = out.square()
+            b_mean = out.mean(dim=1)
+            b_m2 = (out - b_mean.unsqueeze(1)).square().sum(dim=1) if stat == "var" else b_mean
+            if count == 0:
+                count, mean, m2 = m, b_mean, b_m2
+                continue
+            total = count + m
+            delta = b_mean - mean
+            mean = mean + delta * (m / total)
+            if stat == "var":
+                m2 = m2 + b_m2 + delta.square() * (count * m / total)
+            count = total
+        return m2 / n if stat == "var" else mean
+
+    idx = torch.arange(x.shape[0], device=x.device)
+    return in_chunks(samples_pass, idx, target, size=max(1, rows // n))
