@@ -108,6 +108,16 @@ class Component:
     needs: ClassVar[frozenset[Capability]] = frozenset()
     provides: ClassVar[frozenset[Capability]] = frozenset()
 
+    def requirements(self) -> frozenset[Capability]:
+        """What this instance needs; a wrapper needs what its base needs (SmoothGrad of
+        Grad-CAM needs a target layer). Default: the class's ``needs``."""
+        return frozenset(type(self).needs)
+
+    def resolved_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        """The parameters to record, given the validated ones; a wrapper fills in its base's
+        defaults here so ``*_params`` say exactly what ran. Default: ``params`` unchanged."""
+        return params
+
 
 class Dataset(Component, ABC):
     """A map-style dataset with deterministic train/val/test splits.

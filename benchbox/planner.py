@@ -88,14 +88,14 @@ def _job(
     have = d_caps | m_caps
     where = f"neither dataset {d.name!r} nor model {m.name!r} provides"
     reason = None
-    if gap := _missing(_caps(m, "needs"), d_caps):
+    if gap := _missing(m.needs, d_caps):
         reason = f"model {m.name!r} needs {gap}, which dataset {d.name!r} does not provide"
-    elif gap := _missing(_caps(meth, "needs"), have):
+    elif gap := _missing(meth.needs, have):
         reason = f"method {meth.name!r} needs {gap}, which {where}"
     ok: list[ComponentSpec] = []
     skipped: list[tuple[ComponentSpec, str]] = []
     for met in metrics:
-        if gap := _missing(_caps(met, "needs"), have):
+        if gap := _missing(met.needs, have):
             skipped.append((met, f"metric {met.name!r} needs {gap}, which {where}"))
         else:
             ok.append(met)

@@ -337,8 +337,11 @@ def _execute_job(
     run_id: str,
     advance: Callable[[int], None],
 ) -> tuple[pd.DataFrame, pd.DataFrame | None]:
-    method: Method = job.method.build()
-    metrics: list[Metric] = [s.build() for s in job.metrics]
+    try:
+        method: Method = job.method.build()
+        metrics: list[Metric] = [s.build() for s in job.metrics]
+    except Exception as exc:  # validated already; a failure here is recorded, not fatal
+        return _job_rows(job, suite, run_id, "error", f"building the job failed: {exc}"), None
     # Separate generators: adding a metric never changes another's draws or the method's.
     method_gen = make_generator(derive_seed(suite.seed, *job.key, "method"), dev)
     metric_gens = [

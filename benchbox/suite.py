@@ -40,6 +40,7 @@ __all__ = ["ComponentSpec", "Suite", "load_suite", "parse_suite"]
 _SUITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _DEVICE = re.compile(r"^(cpu|auto|cuda(:\d+)?)$")
 _SECTIONS = ("datasets", "models", "methods", "metrics")
+_BUILT_AT_VALIDATION = ("methods", "metrics")
 _FIELDS = (
     "name",
     "version",
@@ -62,6 +63,7 @@ class ComponentSpec:
     params: dict[str, Any]
     cls: type
     path: str  # YAML path, e.g. "methods[1]"
+    needs: frozenset[Any] = frozenset()  # of the configured instance (methods and metrics)
 
     @property
     def params_json(self) -> str:
@@ -248,6 +250,18 @@ def _parse_section(data: dict[str, Any], section: str, problems: list[str]) -> l
         seen[name] = path
         resolved, errs = validate_params(cls, params, prefix=f"{path}.{name}")
         problems.extend(errs)
-        if not errs:
-            specs.append(ComponentSpec(section, name, resolved, cls, path))
+        if errs:
+            continue
+        needs = frozenset(getattr(cls, "needs", frozenset()))
+        if section in _BUILT_AT_VALIDATION:
+            # Methods and metrics are cheap to construct, and constructing them catches what a
+            # signature cannot: a wrapper's base and its parameters, checks across parameters.
+            try:
+                instance = cls(**resolved)
+            except UserError as exc:
+                problems.append(f"{path}: {exc}")
+                continue
+            resolved = instance.resolved_params(resolved)
+            needs = instance.requirements()
+        specs.append(ComponentSpec(section, name, resolved, cls, path, needs))
     return specs

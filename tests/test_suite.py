@@ -166,3 +166,24 @@ def test_hash_is_stable_and_ignores_output() -> None:
     assert a.hash == b.hash == d.hash  # explicit default == implicit default
     assert a.hash != c.hash
     assert a.resolved()["metrics"][0] == {"tests.fakes:MaskMass": {"mode": "abs", "power": 1}}
+
+
+def test_wrapped_method_params_are_validated_resolved_and_its_needs_inherited() -> None:
+    bad = tiny_suite(
+        methods=[{"smoothgrad": {"base": "integrated_gradients", "base_params": {"steps": 0}}}]
+    )
+    with pytest.raises(
+        SuiteError,
+        match=r"methods\[0\]: smoothgrad\.base_params\.steps: expected an integer > 0, got 0",
+    ):
+        parse_suite(bad)
+    with pytest.raises(
+        SuiteError, match=r"methods\[0\]: smoothgrad\.base: unknown method 'salency'"
+    ):
+        parse_suite(tiny_suite(methods=[{"smoothgrad": {"base": "salency"}}]))
+    s = parse_suite(tiny_suite(methods=[{"smoothgrad": {"base": "grad_cam"}}]))
+    (spec,) = s.methods
+    assert spec.params["base_params"] == {"layer": "auto", "relu": True}
+    from benchbox.core import Capability
+
+    assert Capability.TARGET_LAYER in spec.needs

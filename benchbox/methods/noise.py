@@ -127,7 +127,15 @@ class _NoiseTunnel(Method):
             method: Method = cls(**resolved)
         except UserError as exc:  # a check across the base's parameters (IG's steps vs rule)
             raise UserError(f"{self.key}.base_params: {exc}") from None
+        self._base_resolved = method.resolved_params(resolved)
         return method
+
+    def requirements(self) -> frozenset[Capability]:
+        # Noise adds no need of its own: SmoothGrad of Grad-CAM needs Grad-CAM's target layer.
+        return self.base_method.requirements()
+
+    def resolved_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {**params, "base_params": self._base_resolved}
 
     def attribute(
         self, model: ExplainedModel, x: Tensor, target: Tensor, *, generator: torch.Generator
