@@ -248,7 +248,14 @@ class MetricOutput:
 
 @dataclass
 class MetricContext:
-    """What a metric sees: the model, the batch (with target), the attributions and the method."""
+    """What a metric sees: the model, the batch (with target), the attributions and the method.
+
+    Metrics that re-explain call ``method.attribute`` on a changed model or input. Those that need
+    a *differently trained* model (data randomization: permuted labels; repeatability: another
+    training seed) call ``rebuild(permute_labels=True)``: the job's model builder with those
+    parameters changed, trained or loaded from the weight cache like the original, built once per
+    job and shared by its batches. ``rebuild`` is None outside the runner.
+    """
 
     model: ExplainedModel
     batch: Batch
@@ -256,6 +263,7 @@ class MetricContext:
     method: Method
     generator: torch.Generator
     batch_size: int
+    rebuild: Callable[..., ExplainedModel] | None = None
 
 
 class Metric(Component, ABC):

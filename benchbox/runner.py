@@ -34,6 +34,7 @@ from .core import (
     Split,
 )
 from .errors import UserError
+from .params import canonical_json
 from .planner import Job, plan, replan
 from .seeding import derive_seed, make_generator
 from .store import RunStore
@@ -230,9 +231,13 @@ def _build_dataset(spec: ComponentSpec, suite: Suite) -> Dataset:
 
 
 def _build_model(
-    spec: ComponentSpec, ds: Dataset, suite: Suite, dev: torch.device
+    spec: ComponentSpec, ds: Dataset, suite: Suite, dev: torch.device, **overrides: Any
 ) -> ExplainedModel:
-    builder = spec.build()
+    """Build (train or load) the model; ``overrides`` change builder parameters (``rebuild``).
+
+    The seed derives from the suite's parameters, not the overridden ones: a permuted-label or
+    second-seed model differs from the original by exactly the overridden parameter."""
+    builder = spec.cls(**{**spec.params, **overrides}) if overrides else spec.build()
     seed = derive_seed(suite.seed, "model", spec.name, spec.params_json)
     model = builder.build(ds, seed=seed, device=dev, batch_size=suite.batch_size)
     model.module.eval()
@@ -348,6 +353,19 @@ def _execute_job(
         make_generator(derive_seed(suite.seed, *job.key, "metric", s.name, s.params_json), dev)
         for s in job.metrics
     ]
+    rebuilt: dict[str, ExplainedModel] = {}
+
+    def rebuild(**overrides: Any) -> ExplainedModel:
+        key = canonical_json(overrides)
+        if key not in rebuilt:
+            try:
+                rebuilt[key] = _build_model(job.model, ds, suite, dev, **overrides)
+            except TypeError as exc:  # the builder has no such parameter
+                raise UserError(
+                    f"model {job.model.name!r} cannot be rebuilt with {overrides}: {exc}"
+                ) from exc
+        return rebuilt[key]
+
     collected: list[dict[str, _Collected]] = [{} for _ in metrics]
     errors: dict[int, str] = {}
     method_error: str | None = None
@@ -374,7 +392,7 @@ def _execute_job(
         for i, (metric, gen) in enumerate(zip(metrics, metric_gens, strict=True)):
             if i in errors:
                 continue
-            ctx = MetricContext(model, batch, attr, method, gen, suite.batch_size)
+            ctx = MetricContext(model, batch, attr, method, gen, suite.batch_size, rebuild)
             try:
                 out = metric.score(ctx)
             except Exception as exc:  # recorded as this metric's error rows

@@ -281,3 +281,21 @@ class MissingWeightsModel(TinyModel):
 
     def build(self, dataset: Dataset, **kw: Any) -> ExplainedModel:
         raise UserError("weights: file 'w.safetensors' not found; check the path")
+
+
+class RebuildProbe(Metric):
+    """Scores |f_rebuilt(x) - f(x)| for a model rebuilt with another width; counts the builds."""
+
+    higher_is_better = True
+    builds: list[int] = []
+
+    def __init__(self, *, width: PositiveInt = 8):
+        self.width = width
+
+    def score(self, ctx: MetricContext) -> MetricOutput:
+        assert ctx.rebuild is not None
+        other = ctx.rebuild(width=self.width)
+        RebuildProbe.builds.append(id(other))
+        with torch.no_grad():
+            diff = (other(ctx.batch.x) - ctx.model(ctx.batch.x)).abs().sum(1)
+        return MetricOutput(diff)

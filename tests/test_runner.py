@@ -209,3 +209,16 @@ def test_model_user_error_names_the_suite_path(tmp_path: Path) -> None:
     assert res.scores["message"].iloc[0] == (
         "s.yaml: models[0]: weights: file 'w.safetensors' not found; check the path"
     )
+
+
+def test_metrics_can_rebuild_the_model_once_per_job(tmp_path: Path) -> None:
+    from tests.fakes import RebuildProbe
+
+    RebuildProbe.builds.clear()
+    res = _run(
+        tmp_path, methods=["tests.fakes:Grad"], metrics=["tests.fakes:RebuildProbe"], batch_size=3
+    )
+    assert len(RebuildProbe.builds) == 4  # 10 samples in batches of 3
+    assert len(set(RebuildProbe.builds)) == 1  # built once, shared by the batches
+    # TinyModel ignores width, so the rebuilt model (same seed) equals the original
+    assert (res.scores["value"] == 0).all()
