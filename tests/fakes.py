@@ -7,7 +7,7 @@ take for their own code).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import PositiveInt
@@ -287,7 +287,7 @@ class RebuildProbe(Metric):
     """Scores |f_rebuilt(x) - f(x)| for a model rebuilt with another width; counts the builds."""
 
     higher_is_better = True
-    builds: list[int] = []
+    builds: ClassVar[list[int]] = []
 
     def __init__(self, *, width: PositiveInt = 8):
         self.width = width
