@@ -241,6 +241,17 @@ _BUILTINS: dict[Registry[Any], dict[str, str]] = {
         "sparseness": "benchbox.metrics.complexity:Sparseness",
         "complexity": "benchbox.metrics.complexity:Complexity",
         "effective_complexity": "benchbox.metrics.complexity:EffectiveComplexity",
+        # sanity checks (randomization tests)
+        "model_randomization": "benchbox.metrics.randomization:ModelRandomization",
+        "data_randomization": "benchbox.metrics.randomization:DataRandomization",
+        "repeatability": "benchbox.metrics.randomization:Repeatability",
+        "random_logit": "benchbox.metrics.randomization:RandomLogit",
+        # robustness and adversarial fragility
+        "max_sensitivity": "benchbox.metrics.robustness:MaxSensitivity",
+        "avg_sensitivity": "benchbox.metrics.robustness:AvgSensitivity",
+        "local_lipschitz": "benchbox.metrics.robustness:LocalLipschitz",
+        "fragility": "benchbox.metrics.adversarial:Fragility",
+        "manipulation": "benchbox.metrics.adversarial:Manipulation",
     },
 }
 for _registry, _table in _BUILTINS.items():
