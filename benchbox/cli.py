@@ -157,6 +157,9 @@ def validate(suite: Annotated[Path, typer.Argument(help="Suite YAML file.")]) ->
 def ls(
     kind: Annotated[Kind, typer.Argument(help="What to list.")],
     pattern: Annotated[str | None, typer.Argument(help="Glob or substring filter.")] = None,
+    markdown: Annotated[
+        bool, typer.Option("--markdown", help="A Markdown table with parameters and defaults.")
+    ] = False,
 ) -> None:
     """List registered datasets, models, methods or metrics with one-line descriptions."""
     from .registry import REGISTRIES
@@ -166,6 +169,9 @@ def ls(
     if pattern:
         glob = pattern if any(ch in pattern for ch in "*?[") else f"*{pattern}*"
         names = [n for n in names if fnmatch.fnmatchcase(n, glob)]
+    if markdown:
+        print(_markdown_table(reg, names))
+        return
     table = Table(show_header=True, box=None)
     table.add_column(kind.value[:-1], style="bold")
     table.add_column("description")
@@ -174,6 +180,26 @@ def ls(
     out.print(table)
     if not names:
         err.print(f"no {kind.value} match {pattern!r}; `benchbox ls {kind.value}` lists all")
+
+
+def _markdown_table(reg: Any, names: list[str]) -> str:
+    """``| name | description | parameters (defaults) |`` rows; what the README's reference is."""
+    from .params import parameter_defaults
+
+    rows = [f"| {reg.kind} | what it is | parameters (defaults) |", "|---|---|---|"]
+    for name in names:
+        desc = reg.describe(name).replace("|", "\\|")
+        try:
+            defaults = parameter_defaults(reg.get(name))
+        except UserError:
+            defaults = {}
+        params = (", ".join(f"`{k}={v}`" for k, v in defaults.items()) or "—").replace("|", "\\|")
+        arrow = ""
+        hib = getattr(reg.get(name), "higher_is_better", None) if reg.kind == "metric" else None
+        if hib is not None:
+            arrow = " ↑" if hib else " ↓"
+        rows.append(f"| `{name}`{arrow} | {desc} | {params} |")
+    return "\n".join(rows)
 
 
 def main() -> None:

@@ -18,7 +18,12 @@ from typing import Any
 import pydantic
 from pydantic import ConfigDict, create_model
 
-__all__ = ["canonical_json", "format_pydantic_error", "validate_params"]
+__all__ = [
+    "canonical_json",
+    "format_pydantic_error",
+    "parameter_defaults",
+    "validate_params",
+]
 
 
 @cache
@@ -98,6 +103,27 @@ def validate_params(
     except pydantic.ValidationError as exc:
         return {}, [format_pydantic_error(e, model, prefix) for e in exc.errors()]
     return resolved.model_dump(mode="python"), []
+
+
+def parameter_defaults(cls: type) -> dict[str, str]:
+    """Parameter name -> its default as YAML-ish text (``required`` when it has none)."""
+    out: dict[str, str] = {}
+    for name, f in _params_model(cls).model_fields.items():
+        if f.is_required():
+            out[name] = "required"
+        else:
+            d = f.default
+            out[name] = (
+                "null" if d is None else str(d).lower() if isinstance(d, bool) else json_text(d)
+            )
+    return out
+
+
+def json_text(value: Any) -> str:
+    try:
+        return json.dumps(value)
+    except TypeError:
+        return str(value)
 
 
 def canonical_json(obj: Any) -> str:

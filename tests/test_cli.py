@@ -135,3 +135,12 @@ def test_help_is_fast_and_light() -> None:
     assert r.returncode == 0
     imported = {ln.split("|")[-1].strip() for ln in r.stderr.splitlines() if "|" in ln}
     assert not {"torch", "captum", "seaborn", "pandas"} & imported
+
+
+def test_ls_markdown_lists_parameters_and_direction() -> None:
+    r = bb("ls", "metrics", "deletion", "--markdown")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert lines[:2] == ["| metric | what it is | parameters (defaults) |", "|---|---|---|"]
+    assert lines[2].startswith("| `deletion` ↓ | Deletion AUC")
+    assert '`steps=64`, `substrate="zero"`' in lines[2]
