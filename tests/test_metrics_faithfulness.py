@@ -33,6 +33,7 @@ from benchbox.metrics.faithfulness import (
     Insertion,
     PixelFlipping,
     RegionPerturbation,
+    _first_distinct,
     baseline_image,
     linear_imputation,
     patch_ids,
@@ -536,14 +537,26 @@ def test_road_lerf_value_is_the_mean_drop_and_nan_maps() -> None:
 # ================================================================================================
 # Faithfulness correlation
 # ================================================================================================
-def test_random_subsets_are_without_replacement_and_seeded() -> None:
-    s = random_subsets(make_generator(0), 50, 30, 12)
-    assert s.shape == (50, 12)
-    assert all(len(set(row)) == 12 for row in s.tolist())
-    assert torch.equal(s, random_subsets(make_generator(0), 50, 30, 12))
-    # Roughly uniform: every feature is picked about 50 * 12 / 30 = 20 times.
-    counts = torch.bincount(s.flatten(), minlength=30)
-    assert int(counts.min()) > 5 and int(counts.max()) < 40
+@pytest.mark.parametrize(("n", "k"), [(30, 12), (400, 20)])  # top-k path; distinct-ints path
+def test_random_subsets_are_uniform_without_replacement_and_seeded(n: int, k: int) -> None:
+    s = random_subsets(make_generator(0), 2000, n, k)
+    assert s.shape == (2000, k)
+    assert all(len(set(row)) == k for row in s.tolist())
+    assert torch.equal(s, random_subsets(make_generator(0), 2000, n, k))
+    # Every feature is drawn 2000·k/n times on average (binomial sd < sqrt of that): 5 sd.
+    mean = 2000 * k / n
+    counts = torch.bincount(s.flatten(), minlength=n).double()
+    assert float((counts - mean).abs().max()) < 5 * math.sqrt(mean)
+    # ...and in every position of the subset alike (no feature favoured first).
+    first = torch.bincount(s[:, 0], minlength=n).double()
+    assert float((first - 2000 / n).abs().max()) < 5 * math.sqrt(2000 / n) + 1
+
+
+def test_first_distinct_keeps_draw_order_and_flags_short_rows() -> None:
+    draws = torch.tensor([[5, 3, 5, 1, 3, 0], [2, 2, 2, 2, 7, 2], [4, 4, 1, 1, 0, 9]])
+    subsets, complete = _first_distinct(draws, 3)
+    assert complete.tolist() == [True, False, True]
+    assert subsets.tolist() == [[5, 3, 1], [4, 1, 0]]
 
 
 def test_faithfulness_correlation_agrees_with_quantus(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -669,3 +682,32 @@ def test_infidelity_normalize_is_scale_free_nan_maps_and_chunking() -> None:
     for o in outs:
         assert o.reasons == [None, None, None, "attribution has non-finite values"]
         torch.testing.assert_close(o.values, outs[0].values, rtol=1e-6, atol=0, equal_nan=True)
+
+
+# ================================================================================================
+# Volumes
+# ================================================================================================
+def test_volumes_3d() -> None:
+    # Everything but ROAD is written for any number of spatial dims.
+    shape = (1, 4, 6, 6)
+    net = LinearNet(shape)
+    model = ExplainedModel(net.eval(), InputSpec(1, shape[1:], (0.0,), (1.0,)), num_classes=2)
+    gen = torch.Generator().manual_seed(0)
+    x, target = torch.rand(3, *shape, generator=gen), torch.tensor([0, 1, 0])
+    attr = torch.randn(3, *shape, generator=gen)
+    ctx = context(model, x, target, attr)
+    pf = PixelFlipping(features_in_step=16, baseline="zero").score(ctx)
+    assert pf.curves is not None and pf.curves.shape == (3, 9)  # 144 voxels / 16
+    zero = torch.zeros_like(x)
+    torch.testing.assert_close(pf.curves[:, -1], scores(model, zero, target), rtol=0, atol=1e-6)
+    rp = RegionPerturbation(patch_size=3, baseline="zero").score(ctx)
+    assert rp.curves is not None and rp.curves.shape == (3, 8)  # ceil(4/3)·2·2 cubes
+    drop = scores(model, x, target) - scores(model, zero, target)
+    torch.testing.assert_close(rp.curves[:, -1], drop, rtol=0, atol=1e-6)
+    w = net.fc.weight.detach()[target].view(3, *shape)
+    fc = FaithfulnessCorrelation(n_runs=10, subset_size=20, baseline="zero").score(
+        context(model, x, target, w * x)
+    )
+    torch.testing.assert_close(fc.values, torch.ones(3, dtype=torch.float64), rtol=0, atol=1e-5)
+    inf = Infidelity(noise_std=0.2).score(context(model, x, target, w))
+    assert float(inf.values.abs().max()) < 1e-9

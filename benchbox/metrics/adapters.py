@@ -292,20 +292,22 @@ def _explain_func(ctx: MetricContext) -> Callable[..., np.ndarray]:
 def _seeded(seed: int, device: torch.device) -> Iterator[None]:
     """Quantus draws from the global NumPy and torch RNGs: seed both, restore both after."""
     state = np.random.get_state()
-    cuda = (
-        [device.index if device.index is not None else torch.cuda.current_device()]
-        if (device.type == "cuda")
-        else []
-    )
+    cuda: list[int] = []
+    if device.type == "cuda":
+        cuda = [device.index if device.index is not None else torch.cuda.current_device()]
     with torch.random.fork_rng(devices=cuda):
         torch.random.default_generator.manual_seed(seed)
-        if cuda:
-            torch.cuda.manual_seed(seed)
+        for index in cuda:
+            torch.cuda.default_generators[index].manual_seed(seed)
         np.random.seed(seed)
         try:
             yield
         finally:
             np.random.set_state(state)
+
+
+# np.trapezoid is NumPy >= 2.0, np.trapz NumPy < 2.4: the same function.
+_trapezoid: Callable[..., Any] = getattr(np, "trapezoid", None) or getattr(np, "trapz")  # noqa: B009
 
 
 @contextmanager
@@ -355,7 +357,7 @@ def _one(arr: np.ndarray, finite: Tensor, sel: Tensor, name: str) -> MetricOutpu
     if arr.ndim == 2:
         curves = torch.full((b, arr.shape[1]), float("nan"), dtype=torch.float64, device=device)
         curves[sel] = torch.as_tensor(arr, device=device)
-        values[sel] = torch.as_tensor(np.trapezoid(arr, dx=1, axis=1), device=device)
+        values[sel] = torch.as_tensor(_trapezoid(arr, dx=1, axis=1), device=device)
     elif n:
         values[sel] = torch.as_tensor(arr, device=device)
     reasons: list[str | None] = [

@@ -28,8 +28,9 @@ Shared machinery, one place each:
   and thresholds.
 - ``baseline_image``: what removed pixels become (``min``, ``zero``, ``mean``, ``blur``,
   ``uniform``).
-- Random draws come from ``ctx.generator``, one call per sample in sample order, so the values do
-  not depend on ``ctx.batch_size`` (the forward chunk) or on how the rows are chunked.
+- Random draws come from ``ctx.generator`` in a layout fixed by the batch alone (per-sample draws:
+  one call per sample, in sample order; a ``uniform`` baseline: one call for the batch), so the
+  values never depend on ``ctx.batch_size`` (the forward chunk) or on how rows are chunked.
 
 Direction: every metric has one direction (the ``higher_is_better`` class attribute that tables
 read). Where the order parameter (``morf``/``lerf``) would reverse it, the least-relevant-first
@@ -963,23 +964,52 @@ class ROAD(Metric):
 # ================================================================================================
 # Faithfulness correlation
 # ================================================================================================
+def _first_distinct(draws: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Per row of ``draws`` ``[R, M]``: the first ``k`` distinct values in order ``[R, k]``, and
+    whether the row has ``k`` distinct values at all ``[R]``."""
+    values, order = torch.sort(draws, dim=1, stable=True)
+    first = torch.ones_like(values, dtype=torch.bool)
+    first[:, 1:] = values[:, 1:] != values[:, :-1]  # stable: the earliest draw of each value
+    keep = torch.zeros_like(first).scatter_(1, order, first)
+    rank = keep.cumsum(dim=1)
+    complete = rank[:, -1] >= k
+    chosen = keep & (rank <= k) & complete.unsqueeze(1)
+    return draws[chosen].view(-1, k), complete
+
+
 def random_subsets(
     generator: torch.Generator, n_runs: int, n_features: int, subset_size: int
 ) -> Tensor:
     """One sample's ``n_runs`` random subsets of ``subset_size`` of ``n_features``, long ``[R, S]``.
 
-    Each row is a uniform draw without replacement: the top ``S`` of ``n_features`` uniform
-    numbers. One call per sample (``faithfulness_correlation`` calls it in sample order); the
-    ``R × N`` uniforms are drawn in blocks of at most 2^22 numbers, a layout that depends only on
-    ``(R, N)``, so memory stays bounded for volumes.
+    Each row is a uniform draw without replacement. For ``S <= N/4``: the first ``S`` distinct
+    values of i.i.d. uniform integers (a uniform subset, by exchangeability), ``M ≈ 1.2·N·ln(N /
+    (N − S)) + 16`` integers per row, rows short of ``S`` distinct values (rare) redrawn; else the
+    top ``S`` of ``N`` uniform numbers, in blocks of at most 2^22 numbers. One call per sample
+    (``faithfulness_correlation`` calls it in sample order); the draws depend only on
+    ``(R, N, S)`` and the generator. The integer path costs ``O(R·S log S)`` instead of
+    ``O(R·N)``: 10x cheaper than the top-``S`` path for 224 of 4096 pixels.
     """
+    device = generator.device
+    if 4 * subset_size <= n_features:
+        m = int(1.2 * n_features * math.log(n_features / (n_features - subset_size))) + 16
+        out = torch.empty(n_runs, subset_size, dtype=torch.long, device=device)
+        todo = torch.arange(n_runs, device=device)
+        while todo.numel() > 0:
+            draws = torch.randint(
+                0, n_features, (todo.numel(), m), generator=generator, device=device
+            )
+            subsets, complete = _first_distinct(draws, subset_size)
+            out[todo[complete]] = subsets
+            todo = todo[~complete]
+        return out
     rows = max(1, (1 << 22) // n_features)
-    out = []
+    blocks = []
     for start in range(0, n_runs, rows):
-        m = min(rows, n_runs - start)
-        u = torch.rand((m, n_features), generator=generator, device=generator.device)
-        out.append(u.topk(subset_size, dim=1).indices)
-    return torch.cat(out)
+        k = min(rows, n_runs - start)
+        u = torch.rand((k, n_features), generator=generator, device=device)
+        blocks.append(u.topk(subset_size, dim=1).indices)
+    return torch.cat(blocks)
 
 
 def _pearson(a: Tensor, b: Tensor) -> Tensor:
