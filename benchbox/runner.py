@@ -377,7 +377,12 @@ def _execute_job(
         batch = cpu_batch.to(dev)
         with torch.no_grad():
             pred = model(batch.x).argmax(dim=1)
-        target = pred if suite.target == "prediction" else batch.label
+        # A one-score model (anomaly detection) has a single "class" to explain, whatever the
+        # label says; otherwise the suite chooses the prediction or the label.
+        if model.num_classes == 1:
+            target = torch.zeros_like(pred)
+        else:
+            target = pred if suite.target == "prediction" else batch.label
         batch = batch.with_target(target)
         try:
             attr = method.attribute(model, batch.x, target, generator=method_gen)
