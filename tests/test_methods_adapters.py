@@ -241,6 +241,7 @@ def test_adapter_classes_pickle_and_describe_themselves() -> None:
     )
     with pytest.raises(TypeError, match=r"captum:IntegratedGradients: .*unexpected keyword"):
         cls(n_stepz=3)
+    assert not hasattr(adapters, "Captum_NoSuchMethod")
 
 
 # -- pytorch-grad-cam and zennit -------------------------------------------------------------------

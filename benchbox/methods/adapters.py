@@ -194,7 +194,10 @@ def __getattr__(name: str) -> Any:
     if match is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     resolver = {"Captum": captum_method, "GradCam": gradcam_method, "Zennit": zennit_method}
-    return resolver[match.group(1)](match.group(2))
+    try:
+        return resolver[match.group(1)](match.group(2))
+    except UserError as exc:  # hasattr() and pickle expect an AttributeError
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}: {exc}") from exc
 
 
 @contextmanager

@@ -174,10 +174,11 @@ def record(benchmark: Any, timing: dict[str, float], pairs: int) -> None:
     )
 
 
-# deconvnet measured 1.32–1.39x here (CPU time, 30 interleaved runs): its ReLU rule
-# (gradient._rewrite_hooks with uses_grad_out=True) clones every ReLU's input and output.
+# deconvnet measured 1.23–1.39x here across runs (thread CPU time, fastest of interleaved runs;
+# guided_backprop 1.12–1.19x): its ReLU rule (gradient._rewrite_hooks with uses_grad_out=True)
+# clones every ReLU's input and output. Not strict: it passes on some runs.
 _OVER_BUDGET = {
-    "deconvnet": "1.32-1.39x measured: _rewrite_hooks(uses_grad_out=True) clones each ReLU's "
+    "deconvnet": "1.23-1.39x measured: _rewrite_hooks(uses_grad_out=True) clones each ReLU's "
     "input and output; see the benchbox.methods.gradient owner",
 }
 
@@ -213,13 +214,41 @@ def test_method_throughput(
     if benchmark.disabled:
         pytest.skip("throughput of non-gradient methods is recorded with --benchmark-enable")
     model, x, target = setup
-    call = method_call(name, model, x, target)
     ref = reference(model, x, target)
-    ref()
-    start = time.perf_counter()
-    call()  # also the warm-up
-    once = time.perf_counter() - start
-    pairs = max(1, min(5, int(10.0 / max(once, 1e-3))))  # about 10 s per method at most
-    timing = interleaved(ref, call, pairs, warm_up=False)
-    record(benchmark, timing, pairs)
-    benchmark.pedantic(call, rounds=1 if once > 5 else 3, iterations=1)
+    probe = method_call(name, model, x[:2], target[:2])
+    probe()  # warm-up, and an estimate of the full batch's cost
+    start = time.thread_time()
+    probe()
+    estimate = (time.thread_time() - start) * BATCH / 2
+    call = method_call(name, model, x, target)
+    if estimate <= 5.0:
+        call()
+        pairs = 5 if estimate < 1.0 else 2
+        timing = interleaved(ref, call, pairs, warm_up=False)
+        record(benchmark, timing, pairs)
+        benchmark.pedantic(call, rounds=3, iterations=1)
+        return
+    # Minutes-long methods (Lime, KernelSHAP): one timed call, between two references.
+    spent: list[float] = []
+
+    def timed() -> None:
+        t0, w0 = time.thread_time(), time.perf_counter()
+        call()
+        spent.extend([time.thread_time() - t0, time.perf_counter() - w0])
+
+    refs = []
+    for _ in range(3):
+        t0 = time.thread_time()
+        ref()
+        refs.append(time.thread_time() - t0)
+        if len(refs) == 2:
+            benchmark.pedantic(timed, rounds=1, iterations=1)
+    timing = {
+        "reference_s": min(refs),
+        "method_s": spent[0],
+        "ratio": spent[0] / min(refs),
+        "median_pair_ratio": spent[0] / min(refs),
+        "reference_wall_s": float("nan"),
+        "method_wall_s": spent[1],
+    }
+    record(benchmark, timing, 1)
