@@ -428,8 +428,13 @@ def _execute_job(
         if i in errors:
             frames.append(_frame([_metric_row(job, suite, run_id, spec, "error", errors[i])]))
             continue
-        hib = bool(getattr(spec.cls, "higher_is_better", True))
+        default_hib = bool(getattr(spec.cls, "higher_is_better", True))
+        per_variant = getattr(spec.cls, "variant_higher_is_better", {})
         for variant, c in collected[i].items():
+            # A metric with mixed outputs (an attack's map similarity ↓ vs its shift ↑) states
+            # each variant's direction; None marks a diagnostic, stored with the class default.
+            hib = per_variant.get(variant)
+            hib = default_hib if hib is None else bool(hib)
             values = np.concatenate(c.values)
             frames.append(
                 pd.DataFrame(

@@ -203,9 +203,10 @@ class MaskMass(Metric):
 
 
 class TwoWay(Metric):
-    """Two variants and a curve."""
+    """Two variants and a curve; the noise variant states its own direction."""
 
     higher_is_better = False
+    variant_higher_is_better: ClassVar[dict[str, bool | None]] = {"mean": None, "noise": True}
 
     def score(self, ctx: MetricContext) -> dict[str, MetricOutput]:
         a = ctx.attributions.flatten(1)

@@ -222,3 +222,10 @@ def test_metrics_can_rebuild_the_model_once_per_job(tmp_path: Path) -> None:
     assert len(set(RebuildProbe.builds)) == 1  # built once, shared by the batches
     # TinyModel ignores width, so the rebuilt model (same seed) equals the original
     assert (res.scores["value"] == 0).all()
+
+
+def test_per_variant_direction(tmp_path: Path) -> None:
+    s = _run(tmp_path, methods=["tests.fakes:Grad"], metrics=["tests.fakes:TwoWay"]).scores
+    direction = s.groupby("variant")["higher_is_better"].unique().to_dict()
+    assert [bool(v) for v in direction["mean"]] == [False]  # None: the class default
+    assert [bool(v) for v in direction["noise"]] == [True]
