@@ -170,10 +170,7 @@ _BUILTINS: dict[Registry[Any], dict[str, str]] = {
     },
     models: {
         "cnn_gap": "benchbox.models.cnn:CNNGap",
-        "resnet_small": "benchbox.models.resnet:ResNetSmall",
-        "attention_cnn": "benchbox.models.attention:AttentionCNN",
         "vae": "benchbox.models.vae:VAE",
-        "cnn3d": "benchbox.models.cnn3d:CNN3D",
         "unet_small": "benchbox.models.unet:UNetSmall",
         "user_model": "benchbox.models.external:UserModel",
         "torchscript": "benchbox.models.external:TorchScript",
@@ -242,10 +239,6 @@ _BUILTINS: dict[Registry[Any], dict[str, str]] = {
         "complexity": "benchbox.metrics.complexity:Complexity",
         "effective_complexity": "benchbox.metrics.complexity:EffectiveComplexity",
         # sanity checks (randomization tests)
-        "model_randomization": "benchbox.metrics.randomization:ModelRandomization",
-        "data_randomization": "benchbox.metrics.randomization:DataRandomization",
-        "repeatability": "benchbox.metrics.randomization:Repeatability",
-        "random_logit": "benchbox.metrics.randomization:RandomLogit",
         # robustness and adversarial fragility
         "max_sensitivity": "benchbox.metrics.robustness:MaxSensitivity",
         "avg_sensitivity": "benchbox.metrics.robustness:AvgSensitivity",
