@@ -238,6 +238,10 @@ _BUILTINS: dict[Registry[Any], dict[str, str]] = {
         "sparseness": "benchbox.metrics.complexity:Sparseness",
         "complexity": "benchbox.metrics.complexity:Complexity",
         "effective_complexity": "benchbox.metrics.complexity:EffectiveComplexity",
+        "random_logit": "benchbox.metrics.randomization:RandomLogit",
+        "repeatability": "benchbox.metrics.randomization:Repeatability",
+        "data_randomization": "benchbox.metrics.randomization:DataRandomization",
+        "model_randomization": "benchbox.metrics.randomization:ModelRandomization",
         # sanity checks (randomization tests)
         # robustness and adversarial fragility
         "max_sensitivity": "benchbox.metrics.robustness:MaxSensitivity",
