@@ -170,6 +170,9 @@ _BUILTINS: dict[Registry[Any], dict[str, str]] = {
     },
     models: {
         "cnn_gap": "benchbox.models.cnn:CNNGap",
+        "resnet_small": "benchbox.models.resnet:ResNetSmall",
+        "attention_cnn": "benchbox.models.attention:AttentionCNN",
+        "cnn3d": "benchbox.models.cnn3d:CNN3D",
         "vae": "benchbox.models.vae:VAE",
         "unet_small": "benchbox.models.unet:UNetSmall",
         "user_model": "benchbox.models.external:UserModel",

@@ -63,7 +63,7 @@ def model(ds: SyntheticLesions2D, cache: Path) -> ExplainedModel:
 def test_registered_with_description() -> None:
     assert registry.models.get("cnn_gap") is CNNGap
     assert "CNN" in registry.models.describe("cnn_gap")
-    assert CNNGap.provides == {Capability.GRADIENTS, Capability.TARGET_LAYER}
+    assert CNNGap.provides == {Capability.GRADIENTS, Capability.TARGET_LAYER, Capability.GAP_HEAD}
 
 
 def test_output_shape_and_eval_mode(model: ExplainedModel, ds: SyntheticLesions2D) -> None:
@@ -291,6 +291,70 @@ def test_cache_dir_default(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
     assert training.cache_dir() == tmp_path / "benchbox"
     monkeypatch.setenv("BENCHBOX_CACHE", str(tmp_path / "x"))
     assert training.cache_dir() == tmp_path / "x"
+
+
+# -- training options -----------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("counts", "seed"), [((64, 64), 0), ((3, 7), 1), ((10, 20, 30), 2), ((5, 0, 5), 3)]
+)
+def test_permuted_labels_are_independent_of_the_truth(counts: tuple[int, ...], seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    labels = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
+    labels = labels[torch.randperm(labels.numel(), generator=gen)]
+    permuted = training.permuted_labels(labels, seed)
+    assert torch.equal(permuted, training.permuted_labels(labels, seed))  # fixed by the seed
+    assert not torch.equal(permuted, training.permuted_labels(labels, seed + 1))
+    k = len(counts)
+    assert torch.equal(torch.bincount(permuted, minlength=k), torch.tensor(counts))  # a permutation
+    table = torch.zeros(k, k, dtype=torch.long)
+    table.index_put_((labels, permuted), torch.ones_like(labels), accumulate=True)
+    # Each (true, permuted) count is within 1 of independence, c_k c_j / n.
+    expected = torch.tensor(counts)[:, None] * torch.tensor(counts)[None, :] / labels.numel()
+    assert float((table - expected).abs().max()) < 1.0
+
+
+def test_train_classifier_on_permuted_labels(ds: SyntheticLesions2D) -> None:
+    net = CNNGapNet(width=4)
+    facts = training.train_classifier(
+        net, ds, seed=0, device=CPU, epochs=3, lr=1e-2, batch_size=16, label_permutation_seed=5
+    )
+    assert facts["best_epoch"] == 3  # the last epoch: no selection on the true val labels
+    assert facts["train_label_agreement"] == 0.5  # 32 + 32 training samples
+    # The train accuracy is against the labels it was trained on, the permuted ones.
+    labels = ds.get("train", range(64)).label
+    permuted = training.permuted_labels(labels, 5)
+    logits = net(ds.get("train", range(64)).x)
+    assert facts["train_accuracy"] == float((logits.argmax(1) == permuted).double().mean())
+
+
+@pytest.mark.parametrize("shape", [(64, 2, 5, 7), (64, 1, 3, 4, 5)])
+def test_random_flips(shape: tuple[int, ...]) -> None:
+    x = torch.rand(shape)
+    out = training.random_flips(x, torch.Generator().manual_seed(0))
+    assert torch.equal(out, training.random_flips(x, torch.Generator().manual_seed(0)))
+    subsets = [
+        tuple(a for j, a in enumerate(range(2, x.ndim)) if k >> j & 1)
+        for k in range(1 << (x.ndim - 2))
+    ]
+    seen = set()
+    for i in range(shape[0]):
+        # Each sample is x flipped along exactly one subset of the spatial axes.
+        matches = [d for d in subsets if torch.equal(out[i], x[i].flip([a - 1 for a in d]))]
+        assert len(matches) == 1, i
+        seen.add(matches[0])
+    assert len(seen) == len(subsets)  # every combination occurs among 64 samples
+
+
+def test_evaluate_reports_chance_accuracy() -> None:
+    class Constant(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.tensor([[1.0, 0.0]]).expand(x.shape[0], 2)
+
+    data = SyntheticLesions2D(size=16, n_train=8, n_val=8, n_test=10, positive_fraction=0.3)
+    scores = training.evaluate(Constant(), data, "test")
+    assert scores["chance_accuracy"] == 0.7  # 7 negatives of 10
+    assert scores["accuracy"] == 0.7  # always class 0: the majority
+    assert scores["auroc"] == 0.5
 
 
 # -- AUROC --------------------------------------------------------------------------------------

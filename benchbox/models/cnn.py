@@ -17,15 +17,12 @@ seeds, against 91–96% with three blocks, on ``synthetic_lesions_2d`` at its de
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated, Any
 
 import torch
-from pydantic import Field, PositiveInt
+from pydantic import NonNegativeInt, PositiveInt
 from torch import Tensor, nn
 
-from ..core import Capability, Dataset, ExplainedModel, InputSpec, ModelBuilder
-from ..errors import UserError
-from ..seeding import derive_seed
+from ..core import Capability, Dataset
 from . import training
 
 __all__ = ["CNNGap", "CNNGapNet"]
@@ -94,7 +91,7 @@ class CNNGapNet(nn.Module):
         }
 
 
-class CNNGap(ModelBuilder):
+class CNNGap(training.ClassifierBuilder):
     """Small 3-block CNN with global average pooling (CAM-ready), trained on the fly and cached.
 
     Parameters:
@@ -103,86 +100,42 @@ class CNNGap(ModelBuilder):
         lr: Adam learning rate (cosine-decayed to 0).
         weight_decay: L2 penalty.
         train_batch_size: mini-batch size for training (the suite's batch size is for inference).
+        permute_labels, train_seed, augment: the shared training options (data-randomization
+            test, independent replicas, random flips), see
+            ``benchbox.models.training.ClassifierBuilder``.
 
     Weights are cached by content (dataset spec, these parameters, seed, torch version), see
     ``benchbox.models.training``; the facts recorded in ``info`` include test accuracy and AUROC.
     """
 
-    needs = frozenset({Capability.LABELS, Capability.IMAGES_2D})
-    provides = frozenset({Capability.GRADIENTS, Capability.TARGET_LAYER})
+    name = "cnn_gap"
+    min_size = 4  # two 2x2 poolings
+    provides = training.ClassifierBuilder.provides | {Capability.GAP_HEAD}
 
     def __init__(
         self,
         *,
         width: PositiveInt = 16,
         epochs: PositiveInt = 12,
-        lr: Annotated[float, Field(gt=0, le=1)] = 3e-3,
-        weight_decay: Annotated[float, Field(ge=0)] = 1e-4,
+        lr: training.LearningRate = 3e-3,
+        weight_decay: training.WeightDecay = 1e-4,
         train_batch_size: PositiveInt = 64,
+        permute_labels: bool = False,
+        train_seed: NonNegativeInt = 0,
+        augment: bool = False,
     ) -> None:
-        self.width = int(width)
-        self.epochs = int(epochs)
-        self.lr = float(lr)
-        self.weight_decay = float(weight_decay)
-        self.train_batch_size = int(train_batch_size)
-
-    def params(self) -> dict[str, Any]:
-        return {
-            "width": self.width,
-            "epochs": self.epochs,
-            "lr": self.lr,
-            "weight_decay": self.weight_decay,
-            "train_batch_size": self.train_batch_size,
-        }
-
-    def build(
-        self, dataset: Dataset, *, seed: int, device: torch.device, batch_size: int
-    ) -> ExplainedModel:
-        if len(dataset.spatial_size) != 2:
-            raise UserError(
-                f"model cnn_gap takes 2D images, but the dataset's samples have spatial size "
-                f"{tuple(dataset.spatial_size)}; use a 2D dataset"
-            )
-        # Initialise under a private RNG so the weights depend on `seed` alone, not on whatever
-        # drew from the global generator before.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(derive_seed("cnn_gap.init", seed))
-            module = CNNGapNet(
-                in_channels=dataset.channels, num_classes=dataset.num_classes, width=self.width
-            )
-        key = training.cache_key(dataset.spec(), type(self), self.params(), seed)
-
-        def fit(_: nn.Module) -> dict[str, Any]:  # `_` is `module`, typed as a CNNGapNet here
-            mean, std = training.channel_stats(dataset, "train")
-            module.mean.copy_(mean.view(module.mean.shape))
-            module.std.copy_(std.view(module.std.shape))
-            facts = training.train_classifier(
-                module,
-                dataset,
-                seed=seed,
-                device=device,
-                epochs=self.epochs,
-                lr=self.lr,
-                weight_decay=self.weight_decay,
-                batch_size=self.train_batch_size,
-                eval_batch_size=batch_size,
-            )
-            test = training.evaluate(module, dataset, "test", device=device, batch_size=batch_size)
-            return {**facts, "test_accuracy": test["accuracy"], "test_auroc": test["auroc"]}
-
-        info = training.cached_fit(module, key, fit)
-        module.to(device).eval()
-        spec = InputSpec(
-            channels=dataset.channels,
-            size=tuple(dataset.spatial_size),
-            mean=tuple(module.mean.flatten().tolist()),
-            std=tuple(module.std.flatten().tolist()),
+        super().__init__(
+            epochs=epochs,
+            lr=lr,
+            weight_decay=weight_decay,
+            train_batch_size=train_batch_size,
+            permute_labels=permute_labels,
+            train_seed=train_seed,
+            augment=augment,
         )
-        return ExplainedModel(
-            module=module,
-            input_spec=spec,
-            num_classes=dataset.num_classes,
-            target_layers=module.target_layers(),
-            info=info,
-            provides=self.provides,
+        self.width = int(width)
+
+    def network(self, dataset: Dataset) -> CNNGapNet:
+        return CNNGapNet(
+            in_channels=dataset.channels, num_classes=dataset.num_classes, width=self.width
         )
