@@ -104,3 +104,26 @@ def test_readme_lists_every_builtin_component() -> None:
     for reg in REGISTRIES.values():
         for name in reg.names():
             assert f"`{name}`" in readme, name
+
+
+def test_volumes_suite_runs_every_method_and_metric_in_3d(tmp_path: Path) -> None:
+    """suites/volumes.yaml shrunk (16³ volumes, a 2-epoch model): every row ok, maps in 3D."""
+    data = yaml.safe_load((ROOT / "suites" / "volumes.yaml").read_text())
+    data["datasets"] = [
+        {"brain_lesions_3d": {"size": 16, "n_train": 64, "n_val": 16, "n_test": 16}}
+    ]
+    data["models"] = [{"cnn3d": {"width": 4, "epochs": 2}}]
+    data["limit"] = 8
+    data["output"] = str(tmp_path / "results")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BENCHBOX_CACHE", str(tmp_path / "cache"))
+        result = run_suite(parse_suite(data))
+    scores = result.scores
+    assert not result.failed
+    assert set(scores["status"]) == {"ok"}, scores["message"].unique()
+    named = {next(iter(m)) if isinstance(m, dict) else m for m in data["methods"]}
+    assert set(scores["method"]) == named
+    assert scores.groupby(["method", "metric"]).size().eq(8).all()
+    # deletion removes voxels of the 16³ volume: its curves end at the substrate after all steps
+    deletion = result.curves[result.curves["metric"] == "deletion"]
+    assert deletion.groupby(["method", "sample_id"])["x"].max().eq(1.0).all()
