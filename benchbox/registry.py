@@ -66,9 +66,12 @@ class RegistryEntry:
 class Registry(Generic[T]):
     """Name -> component class. ``kind`` is the singular noun used in messages ("method")."""
 
-    def __init__(self, kind: str, group: str):
+    def __init__(self, kind: str, group: str, base: str | None = None):
         self.kind = kind
         self.group = group
+        # "module:Class" every user-named ("pkg.mod:Attr") component must subclass; resolved
+        # lazily so that building a registry imports nothing heavy.
+        self.base = base
         self._entries: dict[str, RegistryEntry] = {}
         self._prefixes: dict[str, Callable[[str], T] | str] = {}
         self._plugins_loaded = False
@@ -128,8 +131,21 @@ class Registry(Generic[T]):
                 if isinstance(resolver, str):
                     resolver = self._prefixes[prefix] = import_object(resolver)
                 return resolver(rest)
-            return import_object(name)
+            return self._checked(name, import_object(name))
         raise UserError(self.unknown_message(name))
+
+    def _checked(self, name: str, obj: Any) -> Any:
+        """``obj`` if it is a subclass of the registry's base class, else a ``UserError``."""
+        if self.base is None:
+            return obj
+        base = import_object(self.base)
+        if isinstance(obj, type) and issubclass(obj, base):
+            return obj
+        what = f"class {obj.__name__!r}" if isinstance(obj, type) else type(obj).__name__
+        raise UserError(
+            f"{name!r} is a {what}, not a {self.kind}; name a subclass of "
+            f"{self.base.replace(':', '.')} (see README, 'Your own models')"
+        )
 
     def unknown_message(self, name: str) -> str:
         names = self.names()
@@ -151,10 +167,10 @@ class Registry(Generic[T]):
 
 
 # -- the four instances, with lazily imported built-ins -------------------------------------------
-datasets: Registry[Any] = Registry("dataset", "benchbox.datasets")
-models: Registry[Any] = Registry("model", "benchbox.models")
-methods: Registry[Any] = Registry("method", "benchbox.methods")
-metrics: Registry[Any] = Registry("metric", "benchbox.metrics")
+datasets: Registry[Any] = Registry("dataset", "benchbox.datasets", "benchbox.core:Dataset")
+models: Registry[Any] = Registry("model", "benchbox.models", "benchbox.core:ModelBuilder")
+methods: Registry[Any] = Registry("method", "benchbox.methods", "benchbox.core:Method")
+metrics: Registry[Any] = Registry("metric", "benchbox.metrics", "benchbox.core:Metric")
 
 _BUILTINS: dict[Registry[Any], dict[str, str]] = {
     datasets: {
@@ -241,11 +257,11 @@ _BUILTINS: dict[Registry[Any], dict[str, str]] = {
         "sparseness": "benchbox.metrics.complexity:Sparseness",
         "complexity": "benchbox.metrics.complexity:Complexity",
         "effective_complexity": "benchbox.metrics.complexity:EffectiveComplexity",
+        # sanity checks (randomization tests)
         "random_logit": "benchbox.metrics.randomization:RandomLogit",
         "repeatability": "benchbox.metrics.randomization:Repeatability",
         "data_randomization": "benchbox.metrics.randomization:DataRandomization",
         "model_randomization": "benchbox.metrics.randomization:ModelRandomization",
-        # sanity checks (randomization tests)
         # robustness and adversarial fragility
         "max_sensitivity": "benchbox.metrics.robustness:MaxSensitivity",
         "avg_sensitivity": "benchbox.metrics.robustness:AvgSensitivity",

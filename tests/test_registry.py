@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from benchbox import registry as registry_mod
+from benchbox.core import Method
 from benchbox.errors import UserError
 from benchbox.registry import REGISTRIES, Registry, import_object
 
@@ -16,13 +17,17 @@ from benchbox.registry import REGISTRIES, Registry, import_object
 def fake_module(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
     mod = types.ModuleType("bb_fake_components")
 
-    class Thing:
+    class Thing(Method):
         """A thing for tests.
 
         More text that ls must not show.
         """
 
+    class NotAComponent:
+        """A class that is no benchbox component."""
+
     mod.Thing = Thing  # type: ignore[attr-defined]
+    mod.NotAComponent = NotAComponent  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "bb_fake_components", mod)
     return mod
 
@@ -64,6 +69,12 @@ def test_user_module_attr_name(fake_module: types.ModuleType) -> None:
         registry_mod.methods.get("bb_fake_components:Nope")
     with pytest.raises(UserError, match="cannot import module 'no_such_mod_xyz'"):
         registry_mod.methods.get("no_such_mod_xyz:Thing")
+    with pytest.raises(
+        UserError, match=r"is a class 'NotAComponent', not a method; name a subclass of benchbox"
+    ):
+        registry_mod.methods.get("bb_fake_components:NotAComponent")
+    with pytest.raises(UserError, match=r"'os:path' is a module, not a dataset"):
+        registry_mod.datasets.get("os:path")
 
 
 def test_import_object_rejects_malformed_path() -> None:
