@@ -21,7 +21,6 @@ The target score ``y_c`` is the model's logit for class ``target`` unless a meth
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import ClassVar
@@ -292,10 +291,11 @@ class GuidedGradCAM(Method):
     ``a = reduce_c(GB_c(x) · Up(L))``: the guided-backpropagation gradient ``GB`` ``[B, C, *sp]``
     (Springenberg et al. 2015: ReLU backward passes only positive gradients) times the upsampled
     Grad-CAM map ``L`` ``[B, 1, *sp]`` (ReLU'd, bilinear / trilinear, ``align_corners=False``;
-    see ``GradCAM``). Selvaraju et al., ICCV 2017 (arXiv 1610.02391), Sec. 3.1. Guided backprop
-    is ``captum.attr.GuidedBackprop``, which overrides the gradient of ``nn.ReLU`` *modules* only:
-    a ``torch.relu`` / ``F.relu`` call in the model's forward is differentiated as usual. Equals
-    ``captum.attr.GuidedGradCam`` with ``interpolate_mode="bilinear"`` before the reduction.
+    see ``GradCAM``). Selvaraju et al., ICCV 2017 (arXiv 1610.02391), Sec. 3.1. ``GB`` is the
+    ``guided_backprop`` method's gradient: Captum's rule with its hooks repaired (see
+    ``benchbox.methods.gradient``), and the same check that every ReLU is an ``nn.ReLU`` module.
+    Where Captum's hooks are right it equals ``captum.attr.GuidedGradCam`` with
+    ``interpolate_mode="bilinear"`` before the reduction (tested).
 
     Parameters:
         layer: the Grad-CAM layer's name (``ExplainedModel.target_layers``).
@@ -316,16 +316,11 @@ class GuidedGradCAM(Method):
     def attribute(
         self, model: ExplainedModel, x: Tensor, target: Tensor, *, generator: torch.Generator
     ) -> Tensor:
-        from captum.attr import GuidedBackprop
+        from .gradient import modified_relu_gradient
 
         check_inputs(x, target)
         cam = GradCAM(layer=self.layer, relu=True).attribute(model, x, target, generator=generator)
-        with explaining(model) as module, warnings.catch_warnings():
-            # Captum announces the (temporary) ReLU hooks on every call; explaining() removes
-            # any hook left behind anyway.
-            warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU")
-            inp = x.detach().clone().requires_grad_(True)
-            gb = GuidedBackprop(module).attribute(inp, target=target)
+        gb = modified_relu_gradient(model, x, target, rule="guided_backprop")
         return finish(reduce_channels(gb.detach() * cam, self.reduce), x)
 
 
