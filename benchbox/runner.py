@@ -1,13 +1,22 @@
-"""The local executor: one process, one device.
+"""Run a suite: the local executor (one process, one device) and the entry to the Dask one.
 
 For each planned job it streams the test split in batches to the device, computes the method's
-attributions once per batch and hands them to every metric of the job. Finished jobs are written
-atomically by the store; a failing method or metric becomes ``status="error"`` rows with the message
-and the run goes on.
+attributions once per batch (or takes them from the attribution cache) and hands them to every
+metric of the job. Finished jobs are written atomically by the store; a failing method or metric
+becomes ``status="error"`` rows with the message and the run goes on.
+
+``run_suite(..., resume=RUN_DIR)`` reopens a killed run's folder (same suite hash and device, else
+a ``UserError``), skips its committed jobs, runs the rest and finalizes exactly as an uninterrupted
+run: the stored rows are gathered in job order, whichever session or worker computed them.
+``executor="dask"`` runs the jobs as Dask distributed tasks (``benchbox.dask_executor``).
+
+Environment: ``BENCHBOX_ATTRIBUTION_CACHE=0`` turns the attribution cache off;
+``BENCHBOX_FAULT_AFTER``/``BENCHBOX_FAULT_ONCE`` are test hooks (``benchbox.store.fault_point``).
 """
 
 from __future__ import annotations
 
+import json
 import platform
 import subprocess
 import time
@@ -23,6 +32,7 @@ import pandas as pd
 import torch
 
 from . import __version__
+from .attribution_cache import AttributionCache, attribution_key, cache_enabled, state_hash
 from .core import (
     Batch,
     Dataset,
@@ -37,10 +47,12 @@ from .errors import UserError
 from .params import canonical_json
 from .planner import Job, plan, replan
 from .seeding import derive_seed, make_generator
-from .store import RunStore
+from .store import RunStore, fault_point, read_summary
 from .suite import ComponentSpec, Suite
 
-__all__ = ["Reporter", "RunResult", "resolve_device", "run_suite"]
+__all__ = ["EXECUTORS", "Reporter", "RunResult", "resolve_device", "run_suite"]
+
+EXECUTORS = ("local", "dask")
 
 _VERSIONED = ("torch", "captum", "numpy", "pandas", "scipy", "pyarrow", "pydantic", "quantus")
 
@@ -71,6 +83,7 @@ class RunResult:
     summary: pd.DataFrame
     manifest: dict[str, Any]
     failed: bool
+    note: str = ""  # e.g. what a resume found: "3 of 8 jobs already finished"
 
     @property
     def scores(self) -> pd.DataFrame:
@@ -108,87 +121,93 @@ def run_suite(
     device: str | None = None,
     output: Path | None = None,
     reporter: Reporter | None = None,
+    resume: Path | str | None = None,
+    executor: str = "local",
+    workers: int | None = None,
+    scheduler: str | None = None,
+    cache: bool | None = None,
 ) -> RunResult:
-    """Run every job of ``suite`` and store the results; returns where they went."""
+    """Run every job of ``suite`` and store the results; returns where they went.
+
+    Args:
+        device: overrides the suite's device (``cpu``, ``cuda``, ``cuda:N``, ``auto``).
+        output: results root (default: the suite's ``output``); the run goes to
+            ``<output>/<suite>/<run_id>/``.
+        resume: a run folder of the same suite to finish instead of starting a new run; a
+            finalized one is returned as it is (``note`` says so).
+        executor: ``local`` (this process) or ``dask`` (jobs as Dask distributed tasks).
+        workers: Dask only: size of the ``LocalCluster`` to start (default: CPU count).
+        scheduler: Dask only: address of a running scheduler to join instead (``tcp://...``).
+        cache: use the attribution cache; default: on unless ``BENCHBOX_ATTRIBUTION_CACHE=0``.
+    """
     rep = reporter or _Silent()
     dev = resolve_device(device or suite.device, source="--device" if device else suite.source)
+    if executor not in EXECUTORS:
+        raise UserError(
+            f"--executor: unknown executor {executor!r}; use one of {', '.join(EXECUTORS)}"
+        )
+    if executor == "local" and (workers is not None or scheduler is not None):
+        raise UserError(
+            "--workers/--scheduler apply to the Dask executor only; add --executor dask"
+        )
+    if executor == "dask":
+        from .dask_executor import check_dask
+
+        check_dask(workers, scheduler)
+    use_cache = cache_enabled(cache)
     started = time.perf_counter()
     started_at = datetime.now(timezone.utc).isoformat()
+
+    store: RunStore | None = None
+    if resume is not None:
+        store = RunStore.open(Path(resume), suite.hash, str(dev), suite.source)
+        if store.finalized:
+            note = f"{store.path}: run already finalized; nothing to resume"
+            rep.status(note)
+            return _stored_result(store, note)
     # Datasets are built before anything runs, so a bad path or parameter stops the run (exit 2)
     # before any work or any results folder exists, and the plan sees what each one provides.
     datasets = {d.path: _build_dataset(d, suite) for d in suite.datasets}
     jobs = plan(suite, {path: frozenset(ds.provides) for path, ds in datasets.items()})
-    store = RunStore.create(output or suite.output, suite.name, suite.hash)
+    if store is None:
+        # What a resume checks is written now, so a run killed at any later point can resume.
+        meta = {
+            "device": str(dev),
+            "resolved_suite": suite.resolved(),
+            "suite_file": suite.source,
+            "started_at": started_at,
+        }
+        store = RunStore.create(output or suite.output, suite.name, suite.hash, meta)
+        note = ""
+    else:
+        note = f"resumed {store.path}: {len(store.finished())} of {len(jobs)} jobs already finished"
+        rep.status(note)
+    done = store.finished()
 
     n_batches = {
         path: -(-_n_eval(ds, suite.limit) // suite.batch_size) for path, ds in datasets.items()
     }
+    todo = [j for j in jobs if j.index not in done]
     rep.start(
-        sum(n_batches[j.dataset.path] for j in jobs if j.skip_reason is None)
+        sum(n_batches[j.dataset.path] for j in todo if j.skip_reason is None)
         + len(suite.datasets) * len(suite.models)
     )
+    ctx = _RunContext(suite, dev, store, datasets, n_batches, rep, use_cache)
+    if executor == "dask":
+        from .dask_executor import run_dask
 
-    model_info: list[dict[str, Any]] = []
-    job_info: list[dict[str, Any]] = []
-    failed = False
-    for d in suite.datasets:
-        for m in suite.models:
-            pair = [j for j in jobs if j.dataset is d and j.model is m]
-            model: ExplainedModel | None = None
-            model_error: str | None = None
-            if any(j.skip_reason is None for j in pair):
-                rep.status(f"building {m.name} on {d.name}")
-                try:
-                    model = _build_model(m, datasets[d.path], suite, dev)
-                    model_info.append(
-                        {"dataset": d.name, "model": m.name, "model_params": m.params, **model.info}
-                    )
-                except UserError as exc:
-                    model_error = f"{suite.source}: {m.path}: {exc}"
-                except Exception as exc:  # recorded as error rows; the run goes on
-                    model_error = f"building model {m.name!r} failed: {type(exc).__name__}: {exc}"
-            rep.advance()
-            for job in pair:
-                t0 = time.perf_counter()
-                rep.status(job.label)
-                if model is not None and job.skip_reason is None:
-                    d_caps = frozenset(datasets[d.path].provides)
-                    job = replan(job, suite.metrics, d_caps, frozenset(model.provides))
-                    if job.skip_reason is not None:
-                        rep.advance(n_batches[d.path])
-                if job.skip_reason is not None:
-                    scores, curves = (
-                        _job_rows(job, suite, store.run_id, "skipped", job.skip_reason),
-                        None,
-                    )
-                elif model is None:
-                    scores, curves = (
-                        _job_rows(
-                            job, suite, store.run_id, "error", model_error or "model unavailable"
-                        ),
-                        None,
-                    )
-                    rep.advance(n_batches[d.path])
-                else:
-                    scores, curves = _execute_job(
-                        job, datasets[d.path], model, suite, dev, store.run_id, rep.advance
-                    )
-                store.write_job(job.index, scores, curves)
-                job_failed = bool((scores["status"] == "error").any())
-                failed |= job_failed
-                job_info.append(
-                    {
-                        "index": job.index,
-                        "dataset": d.name,
-                        "model": m.name,
-                        "method": job.method.name,
-                        "status": "skipped"
-                        if job.skip_reason
-                        else ("error" if job_failed else "ok"),
-                        "wall_time_s": round(time.perf_counter() - t0, 4),
-                    }
-                )
+        run_dask(ctx, todo, workers=workers, scheduler=scheduler)
+    else:
+        for d in suite.datasets:
+            for m in suite.models:
+                pair = [j for j in todo if j.dataset is d and j.model is m]
+                model, model_error = ctx.model_for(d, m, pair)
+                for job in pair:
+                    ctx.commit(*ctx.run_local(job, model, model_error))
+                del model  # one pair's model at a time
 
+    record = store.record()
+    infos = store.job_infos()
     manifest = {
         "run_id": store.run_id,
         "suite": suite.name,
@@ -206,13 +225,140 @@ def run_suite(
         "python": platform.python_version(),
         "platform": platform.platform(),
         "git": _git_state(),
-        "started_at": started_at,
+        "started_at": record.get("started_at", started_at),
+        "resumed_at": started_at if resume is not None else None,
+        "executor": executor,
         "wall_time_s": round(time.perf_counter() - started, 3),
-        "models": model_info,
-        "jobs": job_info,
+        "attribution_cache": {
+            "enabled": use_cache,
+            "hits": sum(int(j.get("cache_hits", 0)) for j in infos),
+            "misses": sum(int(j.get("cache_misses", 0)) for j in infos),
+        },
+        "models": [
+            info
+            for d_i in range(len(suite.datasets))
+            for m_i in range(len(suite.models))
+            if (info := store.model_info(_pair_key(d_i, m_i))) is not None
+        ],
+        "jobs": infos,
     }
     summary = store.finalize(manifest, seed=suite.seed)
-    return RunResult(store.path, store.run_id, summary, manifest, failed)
+    failed = any(j.get("status") == "error" for j in infos)
+    return RunResult(store.path, store.run_id, summary, manifest, failed, note)
+
+
+def _pair_key(d_index: int, m_index: int) -> str:
+    return f"{d_index:03d}-{m_index:03d}"
+
+
+def _stored_result(store: RunStore, note: str) -> RunResult:
+    """A finalized run read back from its files."""
+    manifest = json.loads((store.path / "manifest.json").read_text())
+    failed = any(j.get("status") == "error" for j in manifest.get("jobs", []))
+    summary = read_summary(store.path / "summary.csv")
+    return RunResult(store.path, store.run_id, summary, manifest, failed, note)
+
+
+@dataclass
+class _RunContext:
+    """What every job of one run shares: the suite, device, store, built datasets, progress."""
+
+    suite: Suite
+    dev: torch.device
+    store: RunStore
+    datasets: dict[str, Dataset]
+    n_batches: dict[str, int]
+    rep: Reporter
+    use_cache: bool
+
+    def model_for(
+        self, d: ComponentSpec, m: ComponentSpec, pair: list[Job]
+    ) -> tuple[ExplainedModel | None, str | None]:
+        """Build (train or load) the pair's model if one of its ``pair`` jobs needs it; the
+        model's facts go to the store at once, so a resumed run's manifest still lists them."""
+        suite = self.suite
+        model: ExplainedModel | None = None
+        model_error: str | None = None
+        if any(j.skip_reason is None for j in pair):
+            self.rep.status(f"building {m.name} on {d.name}")
+            try:
+                model = _build_model(m, self.datasets[d.path], suite, self.dev)
+                key = _pair_key(suite.datasets.index(d), suite.models.index(m))
+                info = {"dataset": d.name, "model": m.name, "model_params": m.params}
+                self.store.write_model_info(key, {**info, **model.info})
+            except UserError as exc:
+                model_error = f"{suite.source}: {m.path}: {exc}"
+            except Exception as exc:  # recorded as error rows; the run goes on
+                model_error = f"building model {m.name!r} failed: {type(exc).__name__}: {exc}"
+            fault_point("model")
+        self.rep.advance()
+        return model, model_error
+
+    def settle(
+        self, job: Job, model: ExplainedModel | None, model_error: str | None
+    ) -> tuple[Job, pd.DataFrame | None]:
+        """``job`` re-checked against the built model, and its rows if it runs no batches
+        (skipped, or its model failed); ``None`` rows: the job must be executed."""
+        n = self.n_batches[job.dataset.path]
+        if model is not None and job.skip_reason is None:
+            d_caps = frozenset(self.datasets[job.dataset.path].provides)
+            job = replan(job, self.suite.metrics, d_caps, frozenset(model.provides))
+            if job.skip_reason is not None:
+                self.rep.advance(n)
+        run_id = self.store.run_id
+        if job.skip_reason is not None:
+            return job, _job_rows(job, self.suite, run_id, "skipped", job.skip_reason)
+        if model is None:
+            self.rep.advance(n)
+            message = model_error or "model unavailable"
+            return job, _job_rows(job, self.suite, run_id, "error", message)
+        return job, None
+
+    def run_local(
+        self, job: Job, model: ExplainedModel | None, model_error: str | None
+    ) -> tuple[Job, pd.DataFrame, pd.DataFrame | None, dict[str, Any]]:
+        t0 = time.perf_counter()
+        self.rep.status(job.label)
+        job, rows = self.settle(job, model, model_error)
+        if rows is not None:
+            return job, rows, None, {"wall_time_s": round(time.perf_counter() - t0, 4)}
+        assert model is not None  # settle returned rows otherwise
+        cache = AttributionCache() if self.use_cache else None
+        scores, curves = _execute_job(
+            job,
+            self.datasets[job.dataset.path],
+            model,
+            self.suite,
+            self.dev,
+            self.store.run_id,
+            self.rep.advance,
+            cache,
+        )
+        info = {"wall_time_s": round(time.perf_counter() - t0, 4), **_cache_counts(cache)}
+        return job, scores, curves, info
+
+    def commit(
+        self,
+        job: Job,
+        scores: pd.DataFrame,
+        curves: pd.DataFrame | None,
+        extra: dict[str, Any],
+    ) -> None:
+        """Write one finished job's rows and facts (atomically, the scores part last)."""
+        job_failed = bool((scores["status"] == "error").any())
+        info = {
+            "index": job.index,
+            "dataset": job.dataset.name,
+            "model": job.model.name,
+            "method": job.method.name,
+            "status": "skipped" if job.skip_reason else ("error" if job_failed else "ok"),
+            **extra,
+        }
+        self.store.write_job(job.index, scores, curves, info)
+
+
+def _cache_counts(cache: AttributionCache | None) -> dict[str, int]:
+    return {} if cache is None else {"cache_hits": cache.hits, "cache_misses": cache.misses}
 
 
 def _n_eval(ds: Dataset, limit: int | None) -> int:
@@ -231,17 +377,25 @@ def _build_dataset(spec: ComponentSpec, suite: Suite) -> Dataset:
 
 
 def _build_model(
-    spec: ComponentSpec, ds: Dataset, suite: Suite, dev: torch.device, **overrides: Any
+    spec: ComponentSpec,
+    ds: Dataset,
+    suite: Suite,
+    dev: torch.device,
+    *,
+    probes: bool = True,
+    **overrides: Any,
 ) -> ExplainedModel:
     """Build (train or load) the model; ``overrides`` change builder parameters (``rebuild``).
 
     The seed derives from the suite's parameters, not the overridden ones: a permuted-label or
-    second-seed model differs from the original by exactly the overridden parameter."""
+    second-seed model differs from the original by exactly the overridden parameter. ``probes``:
+    evaluate the dataset's probe sets into ``info`` (a Dask worker, whose facts the driver has
+    recorded already, skips them)."""
     builder = spec.cls(**{**spec.params, **overrides}) if overrides else spec.build()
     seed = derive_seed(suite.seed, "model", spec.name, spec.params_json)
     model = builder.build(ds, seed=seed, device=dev, batch_size=suite.batch_size)
     model.module.eval()
-    for name, (split, transform) in ds.probe_sets().items():
+    for name, (split, transform) in (ds.probe_sets() if probes else {}).items():
         model.info[f"{name}_accuracy"] = _accuracy(model, ds, split, transform, suite, dev)
     return model
 
@@ -341,7 +495,10 @@ def _execute_job(
     dev: torch.device,
     run_id: str,
     advance: Callable[[int], None],
+    cache: AttributionCache | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """One job's rows: stream the test split, explain each batch once (or take the
+    attributions from ``cache``), score them with every metric of the job."""
     try:
         method: Method = job.method.build()
         metrics: list[Metric] = [s.build() for s in job.metrics]
@@ -366,6 +523,22 @@ def _execute_job(
                 ) from exc
         return rebuilt[key]
 
+    if cache is not None:
+        # Everything but the batch that decides the attributions (attribution_cache docstring).
+        ident: dict[str, Any] = {
+            "dataset": {"name": job.dataset.name, "spec": ds.spec()},
+            "model": {
+                "name": job.model.name,
+                "params": job.model.params_json,
+                "weights": state_hash(model.module),
+                "task": model.task,
+            },
+            "method": {
+                "name": job.method.name,
+                "class": f"{job.method.cls.__module__}:{job.method.cls.__qualname__}",
+                "params": job.method.params_json,
+            },
+        }
     collected: list[dict[str, _Collected]] = [{} for _ in metrics]
     errors: dict[int, str] = {}
     method_error: str | None = None
@@ -385,12 +558,22 @@ def _execute_job(
             target = pred if suite.target == "prediction" else batch.label
         batch = batch.with_target(target)
         try:
-            attr = method.attribute(model, batch.x, target, generator=method_gen)
-            _check_attribution(job.method.name, attr, batch)
+            attr = None
+            if cache is not None:
+                key = attribution_key(
+                    **ident, ids=batch.ids, target=target, generator=method_gen, device=dev
+                )
+                attr = cache.load(key, dev, method_gen)
+            if attr is None:
+                attr = method.attribute(model, batch.x, target, generator=method_gen)
+                _check_attribution(job.method.name, attr, batch)
+                if cache is not None:
+                    cache.save(key, attr, method_gen)
         except Exception as exc:  # the job's rows say why; the run goes on
             method_error = f"method {job.method.name!r} failed: {type(exc).__name__}: {exc}"
             advance(1)
             continue
+        fault_point("batch")
         labels = batch.label.cpu().numpy()
         targets = target.cpu().numpy()
         preds = pred.cpu().numpy()

@@ -4,6 +4,13 @@ Each finished job is written atomically (temporary file, then ``os.replace``) in
 ``finalize`` gathers the parts into ``scores.parquet`` and ``curves.parquet`` and writes
 ``summary.csv`` and ``manifest.json``. A run directory is created exclusively, so a run never
 overwrites an earlier one. The columns are those of ``benchbox.schema``.
+
+Resume: at creation ``parts/run.json`` records the resolved suite, its hash and the device, so a
+killed run can be reopened (:meth:`RunStore.open`) and checked against the suite it is resumed
+with. A job's files are committed in the order curves, ``job-NNNNN.json`` (wall time, status,
+cache counts), then ``scores-NNNNN.parquet``: the scores part is the commit marker, so a kill
+between two writes leaves a job that counts as unfinished and is simply run again (its stray
+files are replaced). Temporary files a kill leaves behind are removed when the run is reopened.
 """
 
 from __future__ import annotations
@@ -11,7 +18,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Iterator
+import signal
+from collections import Counter
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,9 +36,41 @@ from .schema import CURVES, SCORES, SUMMARY, Column, arrow_schema
 from .seeding import derive_seed
 from .stats import bootstrap_ci
 
-__all__ = ["RunStore", "read_summary", "summarize"]
+__all__ = ["RunStore", "fault_point", "read_summary", "summarize"]
 
 _GROUP = ["suite", "dataset", "model", "method", "metric", "variant"]
+_RUN_FILE = "run.json"
+_fault_counts: Counter[str] = Counter()
+
+
+def fault_point(event: str) -> None:
+    """Test hook: SIGKILL this process at the n-th ``event`` when ``BENCHBOX_FAULT_AFTER=event:n``.
+
+    Events (counted per process): ``model`` (a model was built, none of its jobs ran yet),
+    ``batch`` (a batch's attributions were computed, mid-job), ``part`` (a part's temporary file is
+    written but not yet renamed into place), ``job`` (a job is committed), ``finalize`` (
+    ``scores.parquet`` is written, the rest of the final files are not), ``task`` (a Dask task
+    starts in a worker). With ``BENCHBOX_FAULT_ONCE=<file>`` as well, the kill happens only while
+    that file exists and removes it first, so a restarted worker does not die again. The fault
+    test of ``--resume`` and the Dask retry test use it; when the variable is unset it costs one
+    dictionary lookup.
+    """
+    spec = os.environ.get("BENCHBOX_FAULT_AFTER")
+    if not spec:
+        return
+    name, _, n = spec.partition(":")
+    if name != event:
+        return
+    _fault_counts[event] += 1
+    if _fault_counts[event] != int(n or 1):
+        return
+    marker = os.environ.get("BENCHBOX_FAULT_ONCE")
+    if marker:
+        try:
+            os.unlink(marker)
+        except FileNotFoundError:
+            return
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 @contextmanager
@@ -38,6 +79,7 @@ def _writing(path: Path) -> Iterator[Path]:
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         yield tmp
+        fault_point("part")
         os.replace(tmp, path)
     except OSError as exc:
         raise UserError(
@@ -67,7 +109,11 @@ class RunStore:
         self.parts = path / "parts"
 
     @classmethod
-    def create(cls, output: Path, suite: str, suite_hash: str) -> RunStore:
+    def create(
+        cls, output: Path, suite: str, suite_hash: str, meta: Mapping[str, Any] | None = None
+    ) -> RunStore:
+        """A new, exclusive run folder; ``meta`` (resolved suite, device, ...) goes to
+        ``parts/run.json`` beside ``suite_hash`` so that :meth:`open` can check a resume."""
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         base = f"{stamp}-{suite_hash[:8]}"
         root = Path(output) / suite
@@ -80,7 +126,12 @@ class RunStore:
                 except FileExistsError:
                     continue
                 (root / run_id / "parts").mkdir()
-                return cls(root / run_id, run_id, suite)
+                store = cls(root / run_id, run_id, suite)
+                record = {**(meta or {}), "run_id": run_id, "suite": suite}
+                record["suite_hash"] = suite_hash
+                with _writing(store.parts / _RUN_FILE) as tmp:
+                    tmp.write_text(json.dumps(record, indent=2, sort_keys=True, default=str))
+                return store
         except OSError as exc:
             raise UserError(
                 f"{root}: cannot create the results folder: {exc.strerror or exc}; "
@@ -88,15 +139,91 @@ class RunStore:
             ) from exc
         raise UserError(f"{root}: too many runs started in the same second")
 
-    def write_job(self, index: int, scores: pd.DataFrame, curves: pd.DataFrame | None) -> None:
-        with _writing(self.parts / f"scores-{index:05d}.parquet") as tmp:
-            pq.write_table(_table(scores, SCORES), tmp)
+    @classmethod
+    def open(cls, path: Path, suite_hash: str, device: str, source: str) -> RunStore:
+        """Reopen the run folder ``path`` to resume it with the suite hashed ``suite_hash``.
+
+        Raises ``UserError`` when ``path`` is not a benchbox run folder, or when it was started
+        from another suite or on another device (its numbers would not be those of one run).
+        Leftover temporary files of a killed write are removed."""
+        path = Path(path)
+        run_file, manifest = path / "parts" / _RUN_FILE, path / "manifest.json"
+        if manifest.exists():
+            record = json.loads(manifest.read_text())
+        elif run_file.exists():
+            record = json.loads(run_file.read_text())
+        else:
+            raise UserError(
+                f"--resume {path}: not a benchbox run folder (no parts/{_RUN_FILE} or "
+                f"manifest.json); give a folder such as results/<suite>/<run_id>"
+            )
+        if record.get("suite_hash") != suite_hash:
+            raise UserError(
+                f"--resume {path}: the run was started from a suite with hash "
+                f"{str(record.get('suite_hash'))[:12]}, but {source} hashes to {suite_hash[:12]}; "
+                f"resume with the suite file the run was started from, or start a new run"
+            )
+        if record.get("device") not in (None, device):
+            raise UserError(
+                f"--resume {path}: the run was started on device {record.get('device')!r}, not "
+                f"{device!r}; resume with --device {record.get('device')}"
+            )
+        store = cls(path, str(record.get("run_id", path.name)), str(record["suite"]))
+        for stale in (*path.glob(".*.tmp"), *store.parts.glob(".*.tmp")):
+            stale.unlink(missing_ok=True)
+        return store
+
+    @property
+    def finalized(self) -> bool:
+        return (self.path / "manifest.json").exists()
+
+    def record(self) -> dict[str, Any]:
+        """What ``create`` wrote to ``parts/run.json`` (empty if absent)."""
+        f = self.parts / _RUN_FILE
+        return json.loads(f.read_text()) if f.exists() else {}
+
+    def finished(self) -> set[int]:
+        """Indices of the committed jobs (those whose scores part exists)."""
+        return {int(f.stem.split("-")[1]) for f in self.parts.glob("scores-*.parquet")}
+
+    def write_job(
+        self,
+        index: int,
+        scores: pd.DataFrame,
+        curves: pd.DataFrame | None,
+        info: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Commit one job: curves, facts, then the scores part (the commit marker) last."""
         if curves is not None and len(curves):
             with _writing(self.parts / f"curves-{index:05d}.parquet") as tmp:
                 pq.write_table(_table(curves, CURVES), tmp)
+        else:  # a stale curves part of an interrupted earlier attempt must not be gathered
+            (self.parts / f"curves-{index:05d}.parquet").unlink(missing_ok=True)
+        with _writing(self.parts / f"job-{index:05d}.json") as tmp:
+            tmp.write_text(json.dumps(dict(info or {}), default=str))
+        with _writing(self.parts / f"scores-{index:05d}.parquet") as tmp:
+            pq.write_table(_table(scores, SCORES), tmp)
+        fault_point("job")
+
+    def job_infos(self) -> list[dict[str, Any]]:
+        """The facts of the committed jobs, in job order."""
+        done = sorted(self.finished())
+        return [json.loads((self.parts / f"job-{i:05d}.json").read_text()) for i in done]
+
+    def write_model_info(self, key: str, info: Mapping[str, Any]) -> None:
+        with _writing(self.parts / f"model-{key}.json") as tmp:
+            tmp.write_text(json.dumps(dict(info), default=str))
+
+    def model_info(self, key: str) -> dict[str, Any] | None:
+        f = self.parts / f"model-{key}.json"
+        return json.loads(f.read_text()) if f.exists() else None
 
     def _gather(self, prefix: str, columns: tuple[Column, ...]) -> pa.Table:
-        files = sorted(self.parts.glob(f"{prefix}-*.parquet"))
+        # Only committed jobs: a curves part whose scores part never landed is a killed job's.
+        done = self.finished()
+        files = sorted(
+            f for f in self.parts.glob(f"{prefix}-*.parquet") if int(f.stem.split("-")[1]) in done
+        )
         if not files:
             return arrow_schema(columns).empty_table()
         return pa.concat_tables([pq.read_table(f) for f in files])
@@ -106,6 +233,7 @@ class RunStore:
         scores = self._gather("scores", SCORES)
         with _writing(self.path / "scores.parquet") as tmp:
             pq.write_table(scores, tmp)
+        fault_point("finalize")
         with _writing(self.path / "curves.parquet") as tmp:
             pq.write_table(self._gather("curves", CURVES), tmp)
         summary = summarize(scores.to_pandas(), seed=seed)
