@@ -28,6 +28,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import pickle
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +52,17 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _KINDS = ("models", "attributions")
+# What torch.load and a wrong entry raise on a truncated, garbled or foreign file.
+_UNREADABLE = (
+    OSError,
+    EOFError,
+    RuntimeError,
+    KeyError,
+    TypeError,
+    ValueError,
+    pickle.UnpicklingError,
+    zipfile.BadZipFile,
+)
 
 
 def _root() -> Path:
@@ -128,7 +141,7 @@ class AttributionCache:
             if not (isinstance(attr, Tensor) and isinstance(state, Tensor)):
                 raise TypeError("entry does not hold tensors")
             generator.set_state(state)
-        except (OSError, EOFError, RuntimeError, KeyError, TypeError, ValueError) as exc:
+        except _UNREADABLE as exc:
             log.warning("attribution cache entry %s is unreadable (%s); recomputing", f, exc)
             self.misses += 1
             return None
