@@ -221,7 +221,8 @@ def to_markdown(t: Table) -> str:
 def to_html(t: Table) -> str:
     """An HTML ``<table>``; every string is escaped (names come from suites and data)."""
     e = html.escape
-    parts = ['<table class="bb">', f"<caption>{e(t.caption)}</caption>", "<thead>"]
+    caption = f"<caption><strong>{e(t.title)}.</strong> {e(t.caption)}</caption>"
+    parts = ['<table class="bb">', caption, "<thead>"]
     if t.spans:
         parts.append("<tr>" + (f'<th colspan="{t.stub}"></th>' if t.stub else ""))
         parts += [f'<th colspan="{w}" class="span">{e(title)}</th>' for title, w in t.spans]
