@@ -355,7 +355,9 @@ def _agreement(w: _Writer, run: RunData, pair: tuple[str, str]) -> str | None:
     frame = pd.DataFrame(data, index=methods)
     corr = frame.corr(method="spearman", min_periods=3)
     n = len(outs)
-    fig = _new_figure(1.0 + 0.75 * n + 1.2, 0.8 + 0.65 * n)
+    longest = max(len(o.label) for o in outs)
+    side = max(2.2, 0.7 * n)  # the matrix; labels need room of their own
+    fig = _new_figure(side + 0.07 * longest + 1.4, side + 0.06 * longest + 0.4)
     ax = fig.subplots()
     sns.heatmap(
         corr,
@@ -370,6 +372,7 @@ def _agreement(w: _Writer, run: RunData, pair: tuple[str, str]) -> str | None:
         cbar_kws={"label": "Spearman ρ across methods", "shrink": 0.8},
     )
     ax.tick_params(axis="x", rotation=45)
+    ax.tick_params(axis="y", rotation=0)
     for t in ax.get_xticklabels():
         t.set_horizontalalignment("right")
     d, m = pair
