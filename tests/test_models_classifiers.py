@@ -519,7 +519,12 @@ def _check_accurate_and_fast(model: ExplainedModel) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("builder", [CNNGap, ResNetSmall, AttentionCNN], ids=lambda b: b.name)
-def test_brain_lesions_2d_defaults(builder: type[training.ClassifierBuilder], cache: Path) -> None:
+def test_brain_lesions_2d_defaults(
+    builder: type[training.ClassifierBuilder],
+    default_models_cache: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("BENCHBOX_CACHE", str(default_models_cache))
     ds = _brain().BrainLesions2D()
     _check_accurate_and_fast(builder().build(ds, seed=0, device=CPU, batch_size=256))
 
