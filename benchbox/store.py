@@ -218,25 +218,33 @@ class RunStore:
         f = self.parts / f"model-{key}.json"
         return json.loads(f.read_text()) if f.exists() else None
 
-    def _gather(self, prefix: str, columns: tuple[Column, ...]) -> pa.Table:
+    def _committed(self, prefix: str) -> list[Path]:
         # Only committed jobs: a curves part whose scores part never landed is a killed job's.
         done = self.finished()
-        files = sorted(
+        return sorted(
             f for f in self.parts.glob(f"{prefix}-*.parquet") if int(f.stem.split("-")[1]) in done
         )
-        if not files:
-            return arrow_schema(columns).empty_table()
-        return pa.concat_tables([pq.read_table(f) for f in files])
+
+    def _stream(self, prefix: str, columns: tuple[Column, ...], dest: Path) -> None:
+        """Copy the committed parts, in job order, into ``dest`` one part at a time, so the
+        memory finalize needs is one job's, not the run's (batches are streamed end to end)."""
+        files = self._committed(prefix)
+        # The first part's schema carries the pandas metadata (nullable Int64 labels read back
+        # as Int64); every part was written with the same columns and types.
+        schema = pq.read_schema(files[0]) if files else arrow_schema(columns)
+        with _writing(dest) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+            for f in files:
+                writer.write_table(pq.read_table(f, schema=schema))
 
     def finalize(self, manifest: dict[str, Any], seed: int) -> pd.DataFrame:
         """Write scores/curves/summary/manifest; returns the summary frame."""
-        scores = self._gather("scores", SCORES)
-        with _writing(self.path / "scores.parquet") as tmp:
-            pq.write_table(scores, tmp)
+        self._stream("scores", SCORES, self.path / "scores.parquet")
         fault_point("finalize")
-        with _writing(self.path / "curves.parquet") as tmp:
-            pq.write_table(self._gather("curves", CURVES), tmp)
-        summary = summarize(scores.to_pandas(), seed=seed)
+        self._stream("curves", CURVES, self.path / "curves.parquet")
+        needed = [*_GROUP, "value", "higher_is_better", "status", "message"]
+        summary = summarize(
+            pq.read_table(self.path / "scores.parquet", columns=needed).to_pandas(), seed=seed
+        )
         with _writing(self.path / "summary.csv") as tmp:
             summary.to_csv(tmp, index=False)
         with _writing(self.path / "manifest.json") as tmp:
