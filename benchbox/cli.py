@@ -1,6 +1,7 @@
-"""The ``benchbox`` command: run, validate and list.
+"""The ``benchbox`` command: run, validate, list, report, compare and the caches.
 
-Exit codes: 0 ok; 1 a job failed; 2 a usage or input error (one line, no traceback).
+Exit codes: 0 ok; 1 a job failed or a regression was found; 2 a usage or input error (one
+line, no traceback).
 Heavy imports (torch, captum) happen inside the commands, so ``benchbox --help`` stays fast.
 """
 
@@ -43,6 +44,12 @@ class Kind(str, enum.Enum):
     metrics = "metrics"
 
 
+_TOLERANCE_HELP = (
+    "Change a regression must exceed, in the metric's units: NUMBER for every metric (default "
+    "0.02) or METRIC[.VARIANT]=NUMBER; repeatable."
+)
+
+
 @app.command()
 def run(
     suite: Annotated[Path, typer.Argument(help="Suite YAML file.")],
@@ -52,6 +59,34 @@ def run(
     output: Annotated[
         Path | None, typer.Option(help="Override the suite's output folder (default results/).")
     ] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(help="Finish this killed run of the same suite: finished jobs are kept."),
+    ] = None,
+    executor: Annotated[
+        str, typer.Option(help="local (this process) or dask (jobs as Dask tasks; extra dask).")
+    ] = "local",
+    workers: Annotated[
+        int | None, typer.Option(help="Dask: start a LocalCluster with N worker processes.")
+    ] = None,
+    scheduler: Annotated[
+        str | None, typer.Option(help="Dask: join the scheduler at this address (tcp://…).")
+    ] = None,
+    cache: Annotated[
+        bool, typer.Option("--cache/--no-cache", help="Reuse cached attributions (default on).")
+    ] = True,
+    baseline: Annotated[
+        Path | None,
+        typer.Option(help="Compare with this run folder or summary.csv; exit 1 on a regression."),
+    ] = None,
+    tolerance: Annotated[list[str] | None, typer.Option(help=_TOLERANCE_HELP)] = None,
+    alpha: Annotated[
+        float, typer.Option(help="Significance level of --baseline, Holm-corrected.")
+    ] = 0.05,
+    report: Annotated[
+        bool,
+        typer.Option("--report/--no-report", help="Write tables, figures and report.html."),
+    ] = True,
 ) -> None:
     """Run a suite; write results/<suite>/<run_id>/ and print the summary."""
     from rich.progress import (
@@ -67,6 +102,11 @@ def run(
     from .suite import load_suite
 
     s = load_suite(suite)
+    base = tol = None
+    if baseline is not None:  # checked before any work, so a typo costs nothing
+        from .compare import load_side
+
+        base, tol = load_side(baseline, "baseline"), _tolerance(tolerance)
     progress = Progress(
         TextColumn("[bold]{task.description:<48.48}"),
         BarColumn(),
@@ -77,9 +117,26 @@ def run(
         console=err,
         transient=False,
     )
-    with progress:
-        reporter = _ProgressReporter(progress)
-        result = run_suite(s, device=device, output=output, reporter=reporter)
+    reporter = _ProgressReporter(progress)
+    try:
+        with reporter:
+            result = run_suite(
+                s,
+                device=device,
+                output=output,
+                reporter=reporter,
+                resume=resume,
+                executor=executor,
+                workers=workers,
+                scheduler=scheduler,
+                cache=cache,
+            )
+    except OSError as exc:  # the results disk: full, read-only, a file in the way
+        where = exc.filename or output or s.output
+        raise UserError(
+            f"{where}: cannot write results: {exc.strerror or exc}; free space or choose another "
+            f"--output (finished jobs are kept in the run folder's parts/: --resume it)"
+        ) from exc
     _print_summary(result.summary)
     for info in result.manifest["models"]:
         acc = info.get("test_accuracy")
@@ -89,18 +146,138 @@ def run(
                 + (f", AUROC {info['test_auroc']:.3f}" if "test_auroc" in info else "")
             )
     out.print(f"results: {result.path}")
+    if report:
+        _report(result.path, None)
+    regressed = False
+    if base is not None:
+        from .compare import compare as compare_runs
+
+        comparison = compare_runs(base, result.path, tolerance=tol or 0.02, alpha=alpha)
+        out.print(comparison.to_markdown(), markup=False, highlight=False, soft_wrap=True)
+        regressed = comparison.regressed
     if result.failed:
         err.print("[red]some jobs failed; see the status and message columns of scores.parquet")
+    if result.failed or regressed:
         raise typer.Exit(EXIT_FAILED)
 
 
+def _tolerance(values: list[str] | None) -> float | dict[str, float]:
+    from .compare import DEFAULT_TOLERANCE, parse_tolerance
+
+    return parse_tolerance(values) if values else DEFAULT_TOLERANCE
+
+
+def _report(run_dir: Path, output: Path | None) -> None:
+    from .report import write_report
+
+    rep = write_report(run_dir, output)
+    out.print(
+        f"report: {rep.html} ({len(rep.tables)} table files, {len(rep.figures)} figure files)"
+    )
+    for note in rep.notes:
+        out.print(f"  [dim]{escape(note)}[/dim]")
+
+
+@app.command("report")
+def report_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="A finished run folder.")],
+    output: Annotated[
+        Path | None, typer.Option(help="Write here instead of into the run folder.")
+    ] = None,
+) -> None:
+    """Write tables/, figures/ and report.html for a finished run; reads only the stored files."""
+    _report(run_dir, output)
+
+
+@app.command("compare")
+def compare_cmd(
+    baseline: Annotated[Path, typer.Argument(help="Baseline run folder or its summary.csv.")],
+    new: Annotated[Path, typer.Argument(help="The new run folder.")],
+    tolerance: Annotated[list[str] | None, typer.Option(help=_TOLERANCE_HELP)] = None,
+    alpha: Annotated[float, typer.Option(help="Significance level, Holm-corrected.")] = 0.05,
+    markdown: Annotated[
+        Path | None,
+        typer.Option(help="Also write the summary here (e.g. $GITHUB_STEP_SUMMARY)."),
+    ] = None,
+) -> None:
+    """Compare two runs metric by metric; exit 1 when one regressed beyond tolerance."""
+    from .compare import compare as compare_runs
+
+    comparison = compare_runs(baseline, new, tolerance=_tolerance(tolerance), alpha=alpha)
+    text = comparison.to_markdown()
+    out.print(text, markup=False, highlight=False, soft_wrap=True)
+    if markdown is not None:
+        try:
+            with markdown.open("a", encoding="utf-8") as f:
+                f.write(text + "\n")
+        except OSError as exc:
+            raise UserError(
+                f"{markdown}: --markdown: cannot write: {exc.strerror or exc}; pass a writable file"
+            ) from exc
+    raise typer.Exit(comparison.exit_code)
+
+
+cache_app = typer.Typer(help="The model and attribution caches ($BENCHBOX_CACHE).")
+app.add_typer(cache_app, name="cache")
+
+
+class CacheKind(str, enum.Enum):
+    models = "models"
+    attributions = "attributions"
+
+
+@cache_app.command("ls")
+def cache_ls() -> None:
+    """Entries and size of each cache."""
+    from .attribution_cache import cache_ls as listing
+
+    table = Table(title="benchbox caches")
+    for col in ("kind", "entries", "size", "path"):
+        table.add_column(col, justify="right" if col in ("entries", "size") else "left")
+    for r in listing().itertuples(index=False):
+        table.add_row(r.kind, str(r.entries), _size(int(r.bytes)), r.path)
+    out.print(table)
+
+
+@cache_app.command("clear")
+def cache_clear(
+    kind: Annotated[
+        CacheKind | None, typer.Argument(help="models or attributions (default: both).")
+    ] = None,
+) -> None:
+    """Delete cached weights and/or attributions (they are recomputed when needed)."""
+    from .attribution_cache import cache_clear as clear
+
+    n, size = clear(kind.value if kind is not None else None)
+    out.print(f"removed {n} file(s), {_size(size)}")
+
+
+def _size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB"):
+        if size < 1024:
+            return f"{size:.0f} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"
+
+
 class _ProgressReporter:
+    """The runner's progress on a rich bar, shown from ``start`` on: a suite refused before any
+    work (a bad path, a bad option) prints its one error line and no bar."""
+
     def __init__(self, progress: Any):
         self.progress = progress
         self.task = progress.add_task("starting", total=None)
 
+    def __enter__(self) -> _ProgressReporter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
     def start(self, total: int) -> None:
         self.progress.update(self.task, total=total)
+        self.progress.start()
 
     def status(self, text: str) -> None:
         self.progress.update(self.task, description=text)

@@ -144,3 +144,107 @@ def test_ls_markdown_lists_parameters_and_direction() -> None:
     assert lines[:2] == ["| metric | what it is | parameters (defaults) |", "|---|---|---|"]
     assert lines[2].startswith("| `deletion` ↓ | Deletion AUC")
     assert '`steps=64`, `substrate="zero"`' in lines[2]
+
+
+# -- report, compare, cache ----------------------------------------------------------------------
+def _plant_regression(run_dir: Path, into: Path) -> Path:
+    """A copy of ``run_dir`` in which Grad's MaskMass scores are 0.1 lower on every sample."""
+    import shutil
+
+    from benchbox.store import summarize
+
+    shutil.copytree(run_dir, into)
+    scores = pd.read_parquet(into / "scores.parquet")
+    grad = (scores["metric"] == "tests.fakes:MaskMass") & (scores["method"] == "tests.fakes:Grad")
+    scores.loc[grad, "value"] -= 0.1
+    scores.to_parquet(into / "scores.parquet")
+    summarize(scores, seed=3).to_csv(into / "summary.csv", index=False)
+    return into
+
+
+def test_run_writes_the_report_and_compare_gates(tmp_path: Path) -> None:
+    # 20 lesion images: enough pairs for the Wilcoxon test to see a drop on every one of them
+    suite = _suite(tmp_path, datasets=[{"tests.fakes:TinyData": {"n": 40}}])
+    first = bb("run", str(suite))
+    assert first.returncode == 0, first.stderr
+    (run_a,) = (tmp_path / "out" / "tiny").iterdir()
+    assert (run_a / "report.html").stat().st_size > 1000
+    assert f"report: {run_a / 'report.html'}" in first.stdout.replace("\n", "")
+    # a rerun of the same suite: no regression, exit 0
+    second = bb("run", str(suite), "--baseline", str(run_a), "--no-report")
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "✅ no regression" in second.stdout
+    run_b = next(p for p in (tmp_path / "out" / "tiny").iterdir() if p != run_a)
+    assert not (run_b / "report.html").exists()
+    # the planted regression: exit 1, named in the Markdown (also appended to --markdown)
+    planted = _plant_regression(run_b, tmp_path / "planted")
+    md = tmp_path / "summary.md"
+    r = bb("compare", str(run_a), str(planted), "--markdown", str(md))
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "❌ 1 regression" in r.stdout
+    assert "tests.fakes:Grad" in md.read_text() and "regressed" in md.read_text()
+    # a tolerance above the drop lets it pass
+    r = bb("compare", str(run_a), str(planted), "--tolerance", "tests.fakes:MaskMass=5")
+    assert r.returncode == 0, r.stdout
+    # report into another folder, from the stored files only
+    r = bb("report", str(planted), "--output", str(tmp_path / "rep"))
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "rep" / "report.html").exists()
+    assert list((tmp_path / "rep" / "tables").glob("*.tex"))
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (("compare", "{tmp}/nowhere", "{tmp}"), "baseline not found"),
+        (("report", "{tmp}"), "{tmp}"),
+        (("run", "{suite}", "--baseline", "{tmp}/nowhere"), "baseline not found"),
+        (("compare", "{tmp}/a", "{tmp}/a", "--tolerance", "x=y"), "tolerance"),
+        (("run", "{suite}", "--executor", "spark"), "--executor: unknown executor 'spark'"),
+        (("run", "{suite}", "--workers", "2"), "--workers/--scheduler apply to the Dask executor"),
+    ],
+)
+def test_new_commands_refuse_bad_input_in_one_line(
+    tmp_path: Path, args: tuple[str, ...], expected: str
+) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "summary.csv").write_text("dataset\n")
+    suite = _suite(tmp_path)
+    fill = {"tmp": str(tmp_path), "suite": str(suite)}
+    r = bb(*(a.format(**fill) for a in args))
+    assert r.returncode == 2, r.stdout + r.stderr
+    _no_traceback(r)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    assert expected.format(**fill) in lines[0]
+    assert not (tmp_path / "out").exists()  # refused before any run folder
+
+
+def test_cache_ls_and_clear(tmp_path: Path) -> None:
+    import os
+
+    env = {**os.environ, "BENCHBOX_CACHE": str(tmp_path / "cache"), "COLUMNS": "200"}
+    (tmp_path / "cache" / "models").mkdir(parents=True)
+    (tmp_path / "cache" / "models" / "k.pt").write_bytes(b"x" * 2048)
+    (tmp_path / "cache" / "models" / "k.json").write_text("{}")
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "benchbox.cli", "cache", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+
+    r = run("ls")
+    assert r.returncode == 0, r.stderr
+    models = next(ln for ln in r.stdout.splitlines() if "models" in ln)
+    assert "│       1 │" in models and "2.0 KiB" in models
+    r = run("clear", "attributions")
+    assert r.returncode == 0 and "removed 0 file(s)" in r.stdout
+    r = run("clear")
+    assert r.returncode == 0 and "removed 2 file(s), 2.0 KiB" in r.stdout
+    assert not list((tmp_path / "cache" / "models").iterdir())
+    r = run("clear", "widgets")
+    assert r.returncode == 2
