@@ -83,6 +83,10 @@ def run(
     alpha: Annotated[
         float, typer.Option(help="Significance level of --baseline, Holm-corrected.")
     ] = 0.05,
+    markdown: Annotated[
+        Path | None,
+        typer.Option(help="--baseline: also append the summary here (e.g. $GITHUB_STEP_SUMMARY)."),
+    ] = None,
     report: Annotated[
         bool,
         typer.Option("--report/--no-report", help="Write tables, figures and report.html."),
@@ -153,7 +157,7 @@ def run(
         from .compare import compare as compare_runs
 
         comparison = compare_runs(base, result.path, tolerance=tol or 0.02, alpha=alpha)
-        out.print(comparison.to_markdown(), markup=False, highlight=False, soft_wrap=True)
+        _print_comparison(comparison.to_markdown(), markdown)
         regressed = comparison.regressed
     if result.failed:
         err.print("[red]some jobs failed; see the status and message columns of scores.parquet")
@@ -204,7 +208,11 @@ def compare_cmd(
     from .compare import compare as compare_runs
 
     comparison = compare_runs(baseline, new, tolerance=_tolerance(tolerance), alpha=alpha)
-    text = comparison.to_markdown()
+    _print_comparison(comparison.to_markdown(), markdown)
+    raise typer.Exit(comparison.exit_code)
+
+
+def _print_comparison(text: str, markdown: Path | None) -> None:
     out.print(text, markup=False, highlight=False, soft_wrap=True)
     if markdown is not None:
         try:
@@ -214,7 +222,6 @@ def compare_cmd(
             raise UserError(
                 f"{markdown}: --markdown: cannot write: {exc.strerror or exc}; pass a writable file"
             ) from exc
-    raise typer.Exit(comparison.exit_code)
 
 
 cache_app = typer.Typer(help="The model and attribution caches ($BENCHBOX_CACHE).")

@@ -171,9 +171,10 @@ def test_run_writes_the_report_and_compare_gates(tmp_path: Path) -> None:
     assert (run_a / "report.html").stat().st_size > 1000
     assert f"report: {run_a / 'report.html'}" in first.stdout.replace("\n", "")
     # a rerun of the same suite: no regression, exit 0
-    second = bb("run", str(suite), "--baseline", str(run_a), "--no-report")
+    page = tmp_path / "page.md"
+    second = bb("run", str(suite), "--baseline", str(run_a), "--no-report", "--markdown", str(page))
     assert second.returncode == 0, second.stdout + second.stderr
-    assert "✅ no regression" in second.stdout
+    assert "✅ no regression" in second.stdout and "✅ no regression" in page.read_text()
     run_b = next(p for p in (tmp_path / "out" / "tiny").iterdir() if p != run_a)
     assert not (run_b / "report.html").exists()
     # the planted regression: exit 1, named in the Markdown (also appended to --markdown)
