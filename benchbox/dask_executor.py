@@ -2,6 +2,9 @@
 
 ``run_suite(suite, executor="dask", workers=N)`` starts a ``LocalCluster`` of ``N`` worker
 processes with one thread each; ``scheduler="tcp://host:8786"`` joins a running cluster instead.
+The local cluster's workers are *spawned*: a script of yours that calls ``run_suite`` this way
+needs the usual ``if __name__ == "__main__":`` guard, or each worker re-runs it on start-up
+(the ``benchbox`` command has one).
 
 Division of work (chosen so that a worker's death never loses or duplicates rows):
 
