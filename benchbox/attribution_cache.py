@@ -14,9 +14,10 @@ that determines those two tensors:
   and the next batch draws exactly what it would have drawn),
 - the device type, the torch version and the benchbox version.
 
-Entries live in ``$BENCHBOX_CACHE/attributions/<key>.pt`` (see ``benchbox.models.training.
-cache_dir``), written through a temporary file and ``os.replace`` (a killed write leaves no
-entry) and read with ``torch.load(weights_only=True)``. An unreadable entry is a miss. Set
+Entries live in ``$BENCHBOX_CACHE/attributions/<key>.safetensors`` (see
+``benchbox.models.training.cache_dir``): safetensors, a format that cannot carry code, written
+through a temporary file and ``os.replace`` (a killed write leaves no entry). An unreadable
+entry is a miss. Set
 ``BENCHBOX_ATTRIBUTION_CACHE=0`` (or ``run_suite(cache=False)``) to turn the cache off.
 
 What the key cannot see: CPU thread count and BLAS kernels may change the last bits of a
@@ -28,8 +29,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -52,17 +51,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _KINDS = ("models", "attributions")
-# What torch.load and a wrong entry raise on a truncated, garbled or foreign file.
-_UNREADABLE = (
-    OSError,
-    EOFError,
-    RuntimeError,
-    KeyError,
-    TypeError,
-    ValueError,
-    pickle.UnpicklingError,
-    zipfile.BadZipFile,
-)
+_SUFFIX = ".safetensors"
 
 
 def _root() -> Path:
@@ -116,7 +105,8 @@ def attribution_key(
 
 
 class AttributionCache:
-    """``<root>/attributions/<key>.pt``: ``{"attributions": [B,1,*S], "generator": state}``.
+    """``<root>/attributions/<key>.safetensors``: ``attributions`` [B,1,*S] and ``generator``
+    (the uint8 state after the call).
 
     ``hits``/``misses`` count this instance's lookups (the runner records them per job)."""
 
@@ -126,7 +116,7 @@ class AttributionCache:
         self.misses = 0
 
     def path(self, key: str) -> Path:
-        return self.dir / f"{key}.pt"
+        return self.dir / f"{key}{_SUFFIX}"
 
     def load(self, key: str, device: torch.device, generator: torch.Generator) -> Tensor | None:
         """The stored attribution on ``device`` with ``generator`` set to the stored state after
@@ -135,13 +125,14 @@ class AttributionCache:
         if not f.exists():
             self.misses += 1
             return None
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
         try:
-            entry = torch.load(f, map_location="cpu", weights_only=True)
+            entry = load_file(f, device="cpu")
             attr, state = entry["attributions"], entry["generator"]
-            if not (isinstance(attr, Tensor) and isinstance(state, Tensor)):
-                raise TypeError("entry does not hold tensors")
             generator.set_state(state)
-        except _UNREADABLE as exc:
+        except (OSError, KeyError, RuntimeError, SafetensorError) as exc:
             log.warning("attribution cache entry %s is unreadable (%s); recomputing", f, exc)
             self.misses += 1
             return None
@@ -150,6 +141,8 @@ class AttributionCache:
 
     def save(self, key: str, attributions: Tensor, generator: torch.Generator) -> None:
         """Store atomically; a full or read-only disk only logs (the cache is an optimisation)."""
+        from safetensors.torch import save_file
+
         f = self.path(key)
         entry = {
             "attributions": attributions.detach().cpu().contiguous(),
@@ -158,7 +151,7 @@ class AttributionCache:
         tmp = f.with_name(f".{f.name}.{os.getpid()}.tmp")  # pid: Dask workers write at once
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
-            torch.save(entry, tmp)
+            save_file(entry, str(tmp))
             os.replace(tmp, f)
         except OSError as exc:
             log.warning("cannot write attribution cache %s (%s); continuing without it", f, exc)
@@ -169,14 +162,16 @@ class AttributionCache:
 def cache_ls(root: Path | None = None) -> pd.DataFrame:
     """One row per cache kind: ``kind, entries, bytes, path`` (``benchbox cache ls``).
 
-    ``entries`` counts weight files (``models``: ``<key>.pt``) or attribution entries; ``bytes``
+    ``entries`` counts weight files (``models``: ``<key>.pt``) or attribution entries
+    (``<key>.safetensors``); ``bytes``
     counts every file of the kind, temporary leftovers included."""
     root = root if root is not None else _root()
     rows = []
     for kind in _KINDS:
         d = root / kind
         files = [f for f in d.iterdir() if f.is_file()] if d.is_dir() else []
-        entries = sum(1 for f in files if f.suffix == ".pt" and not f.name.startswith("."))
+        suffix = ".pt" if kind == "models" else _SUFFIX
+        entries = sum(1 for f in files if f.suffix == suffix and not f.name.startswith("."))
         rows.append(
             {
                 "kind": kind,

@@ -45,7 +45,7 @@ def _values(res) -> pd.DataFrame:
 def test_second_run_hits_every_batch_with_identical_rows(tmp_path: Path, cache_root: Path) -> None:
     first = _run(tmp_path)
     assert first.manifest["attribution_cache"] == {"enabled": True, "hits": 0, "misses": N_BATCHES}
-    assert len(list((cache_root / "attributions").glob("*.pt"))) == N_BATCHES
+    assert len(list((cache_root / "attributions").glob("*.safetensors"))) == N_BATCHES
     second = _run(tmp_path)
     assert second.manifest["attribution_cache"] == {"enabled": True, "hits": N_BATCHES, "misses": 0}
     assert [j["cache_hits"] for j in second.manifest["jobs"]] == [3, 3]
@@ -125,7 +125,7 @@ def test_key_components_and_round_trip(tmp_path: Path) -> None:
     assert torch.equal(restored.get_state(), after.get_state())
     assert (cache.hits, cache.misses) == (1, 0)
     # a garbled entry is a miss and leaves the generator alone
-    cache.path(key).write_bytes(b"not a torch file")
+    cache.path(key).write_bytes(b"not a safetensors file")
     untouched = make_generator(9)
     assert cache.load(key, torch.device("cpu"), untouched) is None
     assert torch.equal(untouched.get_state(), make_generator(9).get_state())
