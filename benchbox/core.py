@@ -96,6 +96,27 @@ class Batch:
     def with_target(self, target: Tensor) -> Batch:
         return replace(self, target=target)
 
+    def select(self, keep: Tensor) -> Batch:
+        """The samples where ``keep`` (bool ``[B]``) is True, every per-sample field with them."""
+        n = len(self)
+        idx = keep.nonzero().flatten()
+
+        def take(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t[idx.to(t.device)]
+
+        def per_sample(t: Tensor) -> Tensor:  # meta holds per-sample tensors [B, ...]
+            return t[idx.to(t.device)] if t.ndim and t.shape[0] == n else t
+
+        return Batch(
+            x=self.x[idx],
+            label=self.label[idx.to(self.label.device)],
+            ids=tuple(self.ids[k] for k in idx.tolist()),
+            target=take(self.target),
+            mask=take(self.mask),
+            aux_masks={k: v[idx.to(v.device)] for k, v in self.aux_masks.items()},
+            meta={k: per_sample(v) for k, v in self.meta.items()},
+        )
+
 
 class Component:
     """Base of every registry entry: a one-line description and declared capabilities.

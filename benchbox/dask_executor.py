@@ -37,6 +37,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -133,6 +134,7 @@ def run_dask(
                     str(ctx.dev),
                     ctx.store.run_id,
                     ctx.use_cache,
+                    str(ctx.store.path),
                     key=f"benchbox-{ctx.store.run_id}-job-{job.index}",
                     retries=2,
                     pure=False,
@@ -163,9 +165,11 @@ _worker_state: dict[str, Any] = {}
 
 
 def _task(
-    suite: Suite, job: Job, device: str, run_id: str, use_cache: bool
+    suite: Suite, job: Job, device: str, run_id: str, use_cache: bool, run_dir: str | None = None
 ) -> tuple[pd.DataFrame, pd.DataFrame | None, dict[str, Any]]:
-    """Run one job in a Dask worker and return its rows and facts (the driver writes them)."""
+    """Run one job in a Dask worker and return its rows and facts (the driver writes them, all
+    but the example inputs and maps for the report, which go to ``run_dir/examples/`` on the
+    shared file system when ``run_dir`` is given)."""
     from .attribution_cache import AttributionCache
     from .runner import _build_dataset, _build_model, _cache_counts, _execute_job
 
@@ -184,7 +188,10 @@ def _task(
         _worker_state["model_key"] = m_key
     model: ExplainedModel = _worker_state["model"]
     cache = AttributionCache() if use_cache else None
-    scores, curves = _execute_job(job, ds, model, suite, dev, run_id, lambda n: None, cache)
+    examples = Path(run_dir) if run_dir is not None else None
+    scores, curves = _execute_job(
+        job, ds, model, suite, dev, run_id, lambda n: None, cache, examples
+    )
     info = {
         "wall_time_s": round(time.perf_counter() - t0, 4),
         "worker": f"{socket.gethostname()}:{os.getpid()}",

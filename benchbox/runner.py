@@ -22,7 +22,7 @@ import platform
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
@@ -32,6 +32,7 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 import torch
+from torch import Tensor
 
 from . import __version__
 from .attribution_cache import AttributionCache, attribution_key, cache_enabled, state_hash
@@ -335,6 +336,7 @@ class _RunContext:
             self.store.run_id,
             self.rep.advance,
             cache,
+            self.store.path,
         )
         info = {"wall_time_s": round(time.perf_counter() - t0, 4), **_cache_counts(cache)}
         return job, scores, curves, info
@@ -510,6 +512,100 @@ def _owned(t: torch.Tensor) -> np.ndarray:
     return np.array(t.detach().cpu().numpy(), dtype=np.float64, copy=True)
 
 
+_NONFINITE_INPUT = "the input has NaN/Inf values; fix or drop this sample in the data"
+_NONFINITE_OUTPUT = "the model's output is NaN/Inf for this input; check the model and its weights"
+_NONFINITE_MAP = "the method's map has NaN/Inf values for this input"
+
+
+@dataclass
+class _Dropped:
+    """A sample taken out of its batch because of a non-finite value."""
+
+    id: str
+    label: int
+    target: int
+    prediction: int
+    reason: str
+
+
+def _drop_nonfinite(
+    batch: Batch, pred: Tensor, values: Tensor, reason: str, dropped: list[_Dropped]
+) -> tuple[Batch, Tensor, Tensor] | None:
+    """``(batch, pred, keep)`` without the samples whose ``values`` ``[B, ...]`` are not all
+    finite (appended to ``dropped`` with ``reason``); None when none is left. ``batch`` is
+    returned as is (the same object) when every sample is finite."""
+    finite = torch.isfinite(values.reshape(len(batch), -1)).all(dim=1)
+    if bool(finite.all()):
+        return batch, pred, finite
+    target = batch.target if batch.target is not None else pred
+    for k in (~finite).nonzero().flatten().tolist():
+        dropped.append(
+            _Dropped(batch.ids[k], int(batch.label[k]), int(target[k]), int(pred[k]), reason)
+        )
+    if not bool(finite.any()):
+        return None
+    return batch.select(finite), pred[finite], finite
+
+
+def _dropped_rows(
+    dropped: list[_Dropped],
+    job: Job,
+    suite: Suite,
+    run_id: str,
+    spec: ComponentSpec,
+    variant: str,
+    higher_is_better: bool,
+) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            **_base_columns(job, suite, run_id),
+            "metric": spec.name,
+            "metric_params": spec.params_json,
+            "variant": variant,
+            "sample_id": [d.id for d in dropped],
+            "label": [d.label for d in dropped],
+            "target": [d.target for d in dropped],
+            "prediction": [d.prediction for d in dropped],
+            "value": np.nan,
+            "higher_is_better": higher_is_better,
+            "status": "error",
+            "message": [d.reason for d in dropped],
+        }
+    )
+
+
+def _variant_direction(per_variant: Mapping[str, bool | None], variant: str, default: bool) -> bool:
+    """A variant's direction: its own entry, else its last dotted part's (``topk.com_shift`` ->
+    ``com_shift``), else the metric's. A metric with mixed outputs (an attack's map similarity
+    ↑ vs its centre-of-mass shift ↓) states each; None marks a diagnostic (stored with the
+    metric's default)."""
+    hib = per_variant.get(variant)
+    if hib is None and "." in variant:
+        hib = per_variant.get(variant.rsplit(".", 1)[1])
+    return default if hib is None else bool(hib)
+
+
+def _save_examples(run_dir: Path, job: Job, batch: Batch, attr: Tensor) -> None:
+    """Keep a few samples of the batch, lesion-bearing ones first, for the report's grid."""
+    from .report import N_EXAMPLES, save_examples
+
+    order = torch.arange(len(batch), device=batch.x.device)
+    if batch.mask is not None:  # stable: samples with a non-empty mask, then the others
+        has_mask = batch.mask.reshape(len(batch), -1).any(dim=1)
+        order = torch.cat([order[has_mask], order[~has_mask]])
+    pick = order[:N_EXAMPLES]
+    save_examples(
+        run_dir,
+        job.dataset.name,
+        job.model.name,
+        job.method.name,
+        batch.x[pick],
+        None if batch.mask is None else batch.mask[pick],
+        attr[pick],
+        [batch.ids[k] for k in pick.tolist()],
+    )
+
+
 def _check_attribution(name: str, attr: Any, batch: Batch) -> None:
     expected = (len(batch), 1, *batch.x.shape[2:])
     if not isinstance(attr, torch.Tensor) or tuple(attr.shape) != expected:
@@ -528,9 +624,15 @@ def _execute_job(
     run_id: str,
     advance: Callable[[int], None],
     cache: AttributionCache | None = None,
+    examples: Path | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """One job's rows: stream the test split, explain each batch once (or take the
-    attributions from ``cache``), score them with every metric of the job."""
+    attributions from ``cache``), score them with every metric of the job.
+
+    Samples whose input, model output or map holds NaN/Inf are taken out of the batch before
+    the next step and get ``status="error"`` rows saying which (the other samples are scored).
+    ``examples``: the run folder, where a few inputs and maps of the first batch are kept for
+    the report's example grid (``benchbox.report.save_examples``)."""
     try:
         method: Method = job.method.build()
         metrics: list[Metric] = [s.build() for s in job.metrics]
@@ -574,6 +676,7 @@ def _execute_job(
     collected: list[dict[str, _Collected]] = [{} for _ in metrics]
     errors: dict[int, str] = {}
     method_error: str | None = None
+    dropped: list[_Dropped] = []  # samples taken out for non-finite values, with the reason
 
     for cpu_batch in ds.batches("test", suite.batch_size, suite.limit):
         if method_error is not None:
@@ -581,7 +684,8 @@ def _execute_job(
             continue
         batch = cpu_batch.to(dev)
         with torch.no_grad():
-            pred = model(batch.x).argmax(dim=1)
+            logits = model(batch.x)
+        pred = logits.argmax(dim=1)
         # A one-score model (anomaly detection) has a single "class" to explain, whatever the
         # label says; otherwise the suite chooses the prediction or the label.
         if model.num_classes == 1:
@@ -589,6 +693,14 @@ def _execute_job(
         else:
             target = pred if suite.target == "prediction" else batch.label
         batch = batch.with_target(target)
+        kept = _drop_nonfinite(batch, pred, batch.x, _NONFINITE_INPUT, dropped)
+        if kept is not None:
+            kept = _drop_nonfinite(kept[0], kept[1], logits[kept[2]], _NONFINITE_OUTPUT, dropped)
+        if kept is None:
+            advance(1)
+            continue
+        batch, pred, _ = kept
+        target = batch.target if batch.target is not None else pred
         try:
             attr = None
             if cache is not None:
@@ -605,6 +717,16 @@ def _execute_job(
             method_error = f"method {job.method.name!r} failed: {type(exc).__name__}: {exc}"
             advance(1)
             continue
+        kept = _drop_nonfinite(batch, pred, attr, _NONFINITE_MAP, dropped)
+        if kept is None:
+            advance(1)
+            continue
+        if kept[0] is not batch:
+            batch, pred, attr = kept[0], kept[1], attr[kept[2]]
+            target = batch.target if batch.target is not None else pred
+        if examples is not None:
+            _save_examples(examples, job, batch, attr)
+            examples = None  # the first batch only
         fault_point("batch")
         labels = batch.label.cpu().numpy()
         targets = target.cpu().numpy()
@@ -646,11 +768,13 @@ def _execute_job(
             continue
         default_hib = bool(getattr(spec.cls, "higher_is_better", True))
         per_variant = getattr(spec.cls, "variant_higher_is_better", {})
-        for variant, c in collected[i].items():
-            # A metric with mixed outputs (an attack's map similarity ↓ vs its shift ↑) states
-            # each variant's direction; None marks a diagnostic, stored with the class default.
-            hib = per_variant.get(variant)
-            hib = default_hib if hib is None else bool(hib)
+        for variant in dict.fromkeys([*collected[i], *([""] if not collected[i] else [])]):
+            hib = _variant_direction(per_variant, variant, default_hib)
+            if dropped:
+                frames.append(_dropped_rows(dropped, job, suite, run_id, spec, variant, hib))
+            if variant not in collected[i]:
+                continue
+            c = collected[i][variant]
             values = np.concatenate(c.values)
             frames.append(
                 pd.DataFrame(

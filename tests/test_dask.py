@@ -55,8 +55,9 @@ def test_two_workers_equal_local_and_a_killed_worker_is_retried(
     res = run_suite(parse_suite(SUITE), output=tmp_path, executor="dask", workers=2, cache=False)
     assert not marker.exists()  # a worker did die
     assert res.manifest["executor"] == "dask" and not res.failed
-    workers = {j["worker"] for j in res.manifest["jobs"]}
-    assert len(workers) >= 2  # the killed worker's replacement has another pid
+    # (Which worker ran which job is up to the scheduler: the survivor may take every job left
+    # before the nanny has restarted the killed one, so the pids are not asserted.)
+    assert all(j.get("worker") for j in res.manifest["jobs"] if j["status"] != "skipped")
     pd.testing.assert_frame_equal(
         _comparable(res.scores), _comparable(ref.scores), check_exact=True
     )

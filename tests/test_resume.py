@@ -119,6 +119,7 @@ def test_killed_runs_resume_to_the_uninterrupted_rows(
         pd.testing.assert_frame_equal(_comparable(curves), ref_curves, check_exact=True)
         assert sorted(p.name for p in folder.iterdir()) == [
             "curves.parquet",
+            "examples",
             "manifest.json",
             "scores.parquet",
             "summary.csv",

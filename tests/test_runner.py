@@ -25,10 +25,20 @@ def test_rows_columns_and_files(tmp_path: Path) -> None:
     assert res.path.parent == tmp_path / "tiny"
     assert sorted(p.name for p in res.path.iterdir()) == [
         "curves.parquet",
+        "examples",
         "manifest.json",
         "scores.parquet",
         "summary.csv",
     ]
+    # the report's example grid: one file per job from its first batch (4 samples), the
+    # lesion-bearing (odd) samples first
+    from benchbox.report import load_examples
+
+    examples = load_examples(res.path)
+    assert sorted(e.method for e in examples) == ["tests.fakes:Grad", "tests.fakes:Noise"]
+    for ex in examples:
+        assert list(ex.ids) == ["test-1", "test-3", "test-0", "test-2"]
+        assert ex.mask.reshape(4, -1).any(axis=1).tolist() == [True, True, False, False]
     scores = res.scores
     assert list(scores.columns) == [c.name for c in SCORES]
     # 2 methods × (MaskMass + TwoWay.mean + TwoWay.noise) × 10 samples

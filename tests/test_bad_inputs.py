@@ -1,0 +1,445 @@
+"""The bad-input corpus: every mistake a user can make gets one clear line and the right exit code.
+
+Each case writes a suite (and any files it names) into a temporary folder, runs the command line
+in this process (``benchbox.cli.main``, as the console script does) and asserts the exit code, that
+stderr holds exactly one ``error:`` line with the expected text (``SuiteError`` lists each problem
+on its own indented line after the head line), and that no traceback was printed. Exit codes, as
+the README documents them: 0 ok, 1 a job failed, 2 a usage or input error.
+
+A case that the runner must *record* rather than refuse (NaN in the data, the model's outputs or
+the attributions; an empty mask; an all-zero map) is asserted on the stored rows instead: the run
+completes, the row says ``status="error"`` or a NaN value, and ``message`` gives the reason.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from torch import Tensor
+
+from benchbox.core import Batch, ExplainedModel
+from tests.fakes import Grad, TinyData, TinyModel, tiny_suite
+
+# -- running the command line in-process -------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    code: int
+    out: str
+    err: str
+
+    @property
+    def error_lines(self) -> list[str]:
+        return [ln for ln in self.err.splitlines() if ln.startswith("error:")]
+
+
+def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, *args: str) -> Outcome:
+    from benchbox.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["benchbox", *args])
+    monkeypatch.setenv("COLUMNS", "400")  # rich wraps at the terminal width: keep lines whole
+    with pytest.raises(SystemExit) as exc:
+        main()
+    captured = capsys.readouterr()
+    code = exc.value.code
+    return Outcome(code if isinstance(code, int) else 0, captured.out, captured.err)
+
+
+# -- the corpus ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Case:
+    """``suite``: the YAML text (``{tmp}`` is replaced by the case's folder) or a dict
+    (overrides of ``tiny_suite``); ``files``: extra files to create first; ``command``:
+    ``validate`` or ``run``; ``expected``: a substring of the error output."""
+
+    id: str
+    suite: str | dict[str, Any] | None
+    expected: str
+    command: str = "validate"
+    code: int = 2
+    files: Callable[[Path], None] | None = None
+    extra_args: tuple[str, ...] = ()
+    problems: int = field(default=1)
+
+
+def _images(tmp: Path, *, rows: list[str], mask_shape: tuple[int, int] = (8, 8)) -> None:
+    """An image_folder under tmp/data: two 8x8 .npy images, a mask, and the CSV ``rows``."""
+    data = tmp / "data"
+    data.mkdir()
+    for k in range(4):
+        np.save(data / f"img{k}.npy", np.full((8, 8), k / 4, np.float32))
+    np.save(data / "mask.npy", np.ones(mask_shape, np.uint8))
+    (data / "broken.npy").write_bytes(b"not an npy file")
+    (data / "labels.csv").write_text("\n".join(rows) + "\n")
+
+
+def _folder_suite(tmp_fmt: str = "{tmp}/data", dataset: str = "image_folder") -> str:
+    return (
+        "name: files\n"
+        f"datasets: [{{{dataset}: {{root: '{tmp_fmt}'}}}}]\n"
+        "models: [tests.fakes:TinyModel]\n"
+        "methods: [tests.fakes:Grad]\n"
+        "metrics: [tests.fakes:MaskMass]\n"
+    )
+
+
+def _write(path: Path, content: bytes | str) -> Callable[[Path], None]:
+    def make(tmp: Path) -> None:
+        target = tmp / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            target.write_bytes(content)
+        else:
+            target.write_text(content)
+
+    return make
+
+
+CASES = [
+    # -- the YAML file itself
+    Case("missing-file", None, "suite file not found"),
+    Case("malformed-yaml", "name: x\nmethods: [a, b\n", "invalid YAML"),
+    Case("tab-indented-yaml", "name: x\n\tmethods: [a]\n", "invalid YAML"),
+    Case(
+        "yaml-is-a-list", "- a\n- b\n", "<top level>: expected a mapping of suite fields, got list"
+    ),
+    Case("empty-file", "", "<top level>: expected a mapping of suite fields, got empty"),
+    Case("python-tag", "name: !!python/object/apply:os.system ['true']\n", "invalid YAML"),
+    # -- top-level fields
+    Case("unknown-field", {"metrcs": ["x"]}, "metrcs: unknown field; did you mean 'metrics'?"),
+    Case("missing-name", {"name": None}, "name: expected a name of letters, digits"),
+    Case("name-with-slash", {"name": "a b/c"}, "got 'a b/c'"),
+    Case("seed-not-int", {"seed": "abc"}, "seed: expected an integer >= 0, got 'abc'"),
+    Case("seed-negative", {"seed": -1}, "seed: expected an integer >= 0, got -1"),
+    Case("batch-size-zero", {"batch_size": 0}, "batch_size: expected an integer > 0, got 0"),
+    Case("limit-zero", {"limit": 0}, "limit: expected an integer > 0, got 0"),
+    Case("device-gpu", {"device": "gpu"}, "device: expected one of cpu, cuda, cuda:N, auto"),
+    Case("target-typo", {"target": "labels"}, "target: expected one of 'prediction', 'label'"),
+    Case("no-metrics", {"metrics": []}, "metrics: expected a non-empty list of metrics, got []"),
+    Case("methods-not-list", {"methods": 5}, "methods: expected a non-empty list"),
+    # -- components
+    Case("unknown-method", {"methods": ["salency"]}, "did you mean 'saliency'?"),
+    Case("unknown-metric", {"metrics": ["pointing_gme"]}, "did you mean 'pointing_game'"),
+    Case("unknown-dataset", {"datasets": ["brain_lesion_2d"]}, "did you mean 'brain_lesions_2d'"),
+    Case("unknown-model", {"models": ["cnn_gapp"]}, "did you mean 'cnn_gap'?"),
+    Case(
+        "two-key-component",
+        {"methods": [{"saliency": {}, "grad_cam": {}}]},
+        "methods[0]: expected a method name or a one-key mapping",
+    ),
+    Case(
+        "params-not-mapping",
+        {"methods": [{"saliency": 3}]},
+        "methods[0].saliency: expected a mapping of parameters, got 3",
+    ),
+    Case(
+        "param-wrong-type",
+        {"metrics": [{"deletion": {"steps": "ten"}}]},
+        "metrics[0].deletion.steps: expected an integer, got 'ten'",
+    ),
+    Case(
+        "param-out-of-range",
+        {"metrics": [{"deletion": {"steps": -1}}]},
+        "metrics[0].deletion.steps: expected an integer > 0, got -1",
+    ),
+    Case(
+        "unknown-param",
+        {"methods": [{"saliency": {"foo": 1}}]},
+        "methods[0].saliency.foo: unknown parameter; valid parameters:",
+    ),
+    Case(
+        "literal-param",
+        {"metrics": [{"deletion": {"substrate": "purple"}}]},
+        "metrics[0].deletion.substrate: expected one of",
+    ),
+    Case(
+        "wrapper-base-unknown",
+        {"methods": [{"smoothgrad": {"base": "nothing"}}]},
+        "smoothgrad.base: unknown method 'nothing'",
+    ),
+    Case("duplicate-method", {"methods": ["saliency", "saliency"]}, "is already listed at"),
+    Case(
+        "module-not-importable",
+        {"methods": ["nopkg.mod:Thing"]},
+        "cannot import module 'nopkg.mod' named in 'nopkg.mod:Thing'",
+    ),
+    Case(
+        "attr-missing",
+        {"methods": ["tests.fakes:Nope"]},
+        "module 'tests.fakes' has no attribute 'Nope'",
+    ),
+    Case(
+        "not-a-component",
+        {"methods": ["benchbox.core:Batch"]},
+        "'benchbox.core:Batch' is a class 'Batch', not a method",
+    ),
+    Case(
+        "several-problems-at-once",
+        {"batch_size": -3, "methods": ["salency"], "seed": "x"},
+        "3 problems",
+        problems=3,
+    ),
+    # -- the command line
+    Case(
+        "cuda-without-gpu",
+        {},
+        "'cuda' requested but no CUDA device",
+        "run",
+        extra_args=("--device", "cuda"),
+    ),
+    Case("suite-asks-cuda", {"device": "cuda"}, "'cuda' requested but no CUDA device", "run"),
+    # -- data files
+    Case(
+        "dataset-folder-missing",
+        _folder_suite("{tmp}/nowhere"),
+        "dataset folder not found",
+        "run",
+    ),
+    Case(
+        "labels-csv-missing",
+        _folder_suite(),
+        "labels.csv",
+        "run",
+        files=lambda t: (t / "data").mkdir(),
+    ),
+    Case(
+        "label-missing",
+        _folder_suite(),
+        "label is missing; write a class index",
+        "run",
+        files=lambda t: _images(
+            t, rows=["image,label", "img0.npy,0", "img1.npy,", "img2.npy,1", "img3.npy,0"]
+        ),
+    ),
+    Case(
+        "image-file-missing",
+        _folder_suite(),
+        "gone.npy",
+        "run",
+        files=lambda t: _images(
+            t, rows=["image,label", "img0.npy,0", "gone.npy,1", "img2.npy,1", "img3.npy,0"]
+        ),
+    ),
+    Case(
+        "image-unreadable",
+        _folder_suite(),
+        "broken.npy",
+        "run",
+        files=lambda t: _images(
+            t, rows=["image,label", "img0.npy,0", "broken.npy,1", "img2.npy,1", "img3.npy,0"]
+        ),
+    ),
+    Case(
+        "mask-shape-mismatch",
+        _folder_suite(),
+        "mask.npy",
+        "run",
+        files=lambda t: _images(
+            t,
+            rows=[
+                "image,label,mask",
+                "img0.npy,0,",
+                "img1.npy,1,mask.npy",
+                "img2.npy,1,",
+                "img3.npy,0,",
+            ],
+            mask_shape=(4, 4),
+        ),
+    ),
+    Case(
+        "medmnist-npz-missing",
+        "name: x\ndatasets: [{medmnist_npz: {path: '{tmp}/none.npz'}}]\nmodels: [cnn_gap]\n"
+        "methods: [saliency]\nmetrics: [sparseness]\n",
+        "MedMNIST .npz not found",
+        "run",
+    ),
+    Case(
+        "medmnist-npz-not-npz",
+        "name: x\ndatasets: [{medmnist_npz: {path: '{tmp}/bad.npz'}}]\nmodels: [cnn_gap]\n"
+        "methods: [saliency]\nmetrics: [sparseness]\n",
+        "bad.npz",
+        "run",
+        files=_write(Path("bad.npz"), b"PK not really"),
+    ),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input(
+    case: Case, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BENCHBOX_CACHE", str(tmp_path / "cache"))
+    if case.files is not None:
+        case.files(tmp_path)
+    path = tmp_path / "suite.yaml"
+    if isinstance(case.suite, dict):
+        suite = tiny_suite(output=str(tmp_path / "out"), **case.suite)
+        suite = {k: v for k, v in suite.items() if v is not None or k == "name"}
+        path.write_text(yaml.safe_dump(suite, sort_keys=False))
+    elif isinstance(case.suite, str):
+        path.write_text(case.suite.replace("{tmp}", str(tmp_path)))
+    if case.command == "run" and case.suite is not None:
+        args: tuple[str, ...] = ("run", str(path), "--output", str(tmp_path / "out"))
+    else:
+        args = (case.command, str(path))
+    r = cli(capsys, monkeypatch, *args, *case.extra_args)
+    assert r.code == case.code, r.err
+    assert "Traceback" not in r.err + r.out
+    assert len(r.error_lines) == 1, r.err
+    assert r.error_lines[0].startswith(f"error: {path}") or r.error_lines[0].startswith(
+        "error: --device"
+    ), r.err
+    assert case.expected in r.err, r.err
+    problems = [ln for ln in r.err.splitlines() if ln.startswith("  ")]
+    if case.problems > 1 or problems:
+        assert len(problems) == case.problems, r.err
+    if case.command == "run":  # refused before any work: no run folder was created
+        assert not list((tmp_path / "out").rglob("manifest.json"))
+
+
+def test_corpus_is_large_enough() -> None:
+    assert len(CASES) >= 30
+
+
+# -- mistakes found after work started: earlier results are kept -------------------------------
+
+
+def test_unwritable_output_is_one_line_and_keeps_earlier_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BENCHBOX_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(tiny_suite(output=str(tmp_path / "out"))))
+    first = cli(capsys, monkeypatch, "run", str(path))
+    assert first.code == 0, first.err
+    (earlier,) = (tmp_path / "out" / "tiny").iterdir()
+    before = {p: p.read_bytes() for p in earlier.rglob("*") if p.is_file()}
+    blocker = tmp_path / "a_file"
+    blocker.write_text("results cannot go under a file")
+    r = cli(capsys, monkeypatch, "run", str(path), "--output", str(blocker / "results"))
+    assert r.code == 2, r.err
+    assert "Traceback" not in r.err
+    assert len(r.error_lines) == 1, r.err
+    assert f"error: {blocker}/results/tiny: cannot create the results folder" in r.err
+    assert "choose another --output" in r.err
+    assert {p: p.read_bytes() for p in earlier.rglob("*") if p.is_file()} == before
+
+
+# -- what the runner records instead of refusing -------------------------------------------------
+
+
+class NaNData(TinyData):
+    """TinyData whose second test image holds a NaN pixel."""
+
+    def get(self, split: str, indices: Any) -> Batch:  # type: ignore[override]
+        batch = super().get(split, indices)
+        x = batch.x.clone()
+        hit = [k for k, i in enumerate(batch.ids) if i.endswith("-1")]
+        for k in hit:
+            x[k, 0, 0, 0] = float("nan")
+        return Batch(x=x, label=batch.label, ids=batch.ids, mask=batch.mask)
+
+
+class NaNModel(TinyModel):
+    """TinyModel whose logits are NaN for every input."""
+
+    def build(self, dataset: Any, **kw: Any) -> ExplainedModel:
+        model = super().build(dataset, **kw)
+
+        class Wrapped(torch.nn.Module):
+            def __init__(self, inner: torch.nn.Module) -> None:
+                super().__init__()
+                self.inner = inner
+
+            def forward(self, x: Tensor) -> Tensor:
+                return self.inner(x) * float("nan")
+
+        model.module = Wrapped(model.module)
+        return model
+
+
+class NaNMethod(Grad):
+    """Grad with a NaN in every map."""
+
+    def attribute(self, model: Any, x: Tensor, target: Tensor, **kw: Any) -> Tensor:
+        a = super().attribute(model, x, target, **kw)
+        a[:, :, 0, 0] = float("nan")
+        return a
+
+
+class ZeroMethod(Grad):
+    """A map that is zero everywhere."""
+
+    def attribute(self, model: Any, x: Tensor, target: Tensor, **kw: Any) -> Tensor:
+        return torch.zeros_like(super().attribute(model, x, target, **kw))
+
+
+def _run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **overrides: Any) -> pd.DataFrame:
+    from benchbox.runner import run_suite
+    from benchbox.suite import parse_suite
+
+    monkeypatch.setenv("BENCHBOX_CACHE", str(tmp_path / "cache"))
+    suite = parse_suite(tiny_suite(output=str(tmp_path / "out"), **overrides))
+    return run_suite(suite).scores
+
+
+def test_nan_attributions_are_an_error_row_with_the_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scores = _run(tmp_path, monkeypatch, methods=[f"{__name__}:NaNMethod", "tests.fakes:Grad"])
+    bad = scores[scores["method"] == f"{__name__}:NaNMethod"]
+    assert set(bad["status"]) == {"error"}
+    assert bad["message"].str.contains("NaN").all(), bad["message"].unique()
+    good = scores[scores["method"] == "tests.fakes:Grad"]
+    assert set(good["status"]) == {"ok"}  # the other job still ran
+
+
+def test_nan_model_outputs_are_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    scores = _run(tmp_path, monkeypatch, models=[f"{__name__}:NaNModel"])
+    assert set(scores["status"]) == {"error"}
+    assert scores["message"].str.contains("NaN").all(), scores["message"].unique()
+
+
+def test_nan_in_the_data_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    scores = _run(tmp_path, monkeypatch, datasets=[f"{__name__}:NaNData"])
+    assert (scores["status"] == "error").any()
+    assert scores.loc[scores["status"] == "error", "message"].str.contains("NaN").all()
+
+
+def test_all_zero_maps_and_empty_masks_are_nan_with_a_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Metrics undefined on an all-zero map say so; the pointing game scores its tie rule."""
+    scores = _run(
+        tmp_path,
+        monkeypatch,
+        methods=[f"{__name__}:ZeroMethod"],
+        metrics=[
+            "energy_pointing_game",
+            "relevance_mass",
+            "sparseness",
+            "complexity",
+            "pointing_game",
+        ],
+    )
+    assert set(scores["status"]) == {"ok"}
+    undefined = scores[scores["metric"] != "pointing_game"]
+    assert undefined["value"].isna().all()
+    reasons = set(undefined["message"])
+    assert {"empty mask", "attribution is all zero"} <= reasons, reasons
+    assert any(r.startswith("attribution has zero total relevance") for r in reasons), reasons
+    # ties="fraction": a constant map scores the lesion's area fraction, not a free hit
+    pg = scores[(scores["metric"] == "pointing_game") & (scores["label"] == 1)]
+    assert pg["value"].between(0, 0.5).all() and pg["value"].gt(0).all()
