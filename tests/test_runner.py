@@ -239,3 +239,14 @@ def test_per_variant_direction(tmp_path: Path) -> None:
     direction = s.groupby("variant")["higher_is_better"].unique().to_dict()
     assert [bool(v) for v in direction["mean"]] == [False]  # None: the class default
     assert [bool(v) for v in direction["noise"]] == [True]
+
+
+def test_variant_direction_falls_back_to_the_last_dotted_part() -> None:
+    from benchbox.metrics.adversarial import Fragility
+    from benchbox.runner import _variant_direction
+
+    table = Fragility.variant_higher_is_better
+    assert _variant_direction(table, "topk.com_shift", True) is False
+    assert _variant_direction(table, "random_sign.topk_intersection", False) is True
+    assert _variant_direction(table, "topk.accepted_steps", True) is True  # a diagnostic
+    assert _variant_direction({}, "anything", False) is False
