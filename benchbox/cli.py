@@ -141,6 +141,8 @@ def run(
             f"{where}: cannot write results: {exc.strerror or exc}; free space or choose another "
             f"--output (finished jobs are kept in the run folder's parts/: --resume it)"
         ) from exc
+    if result.note:
+        out.print(result.note)
     _print_summary(result.summary)
     for info in result.manifest["models"]:
         acc = info.get("test_accuracy")
