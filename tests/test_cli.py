@@ -249,3 +249,28 @@ def test_cache_ls_and_clear(tmp_path: Path) -> None:
     assert not list((tmp_path / "cache" / "models").iterdir())
     r = run("clear", "widgets")
     assert r.returncode == 2
+
+
+def test_a_killed_run_resumes_from_the_command_line(tmp_path: Path) -> None:
+    import os
+
+    suite = _suite(tmp_path)
+    env = {**os.environ, "COLUMNS": "200", "BENCHBOX_FAULT_AFTER": "job:1"}
+    killed = subprocess.run(
+        [sys.executable, "-m", "benchbox.cli", "run", str(suite)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert killed.returncode == -9  # SIGKILLed after the first job was committed
+    (run_dir,) = (tmp_path / "out" / "tiny").iterdir()
+    assert not (run_dir / "scores.parquet").exists()
+    r = bb("run", str(suite), "--resume", str(run_dir), "--no-report")
+    assert r.returncode == 0, r.stderr
+    assert len(pd.read_parquet(run_dir / "scores.parquet")) == 60
+    again = bb("run", str(suite), "--resume", str(run_dir), "--no-report")
+    assert again.returncode == 0 and "nothing to resume" in again.stdout
+    other = _suite(tmp_path, seed=4)
+    r = bb("run", str(other), "--resume", str(run_dir))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
