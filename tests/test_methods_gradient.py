@@ -913,7 +913,7 @@ def test_noise_wrapper_parameters() -> None:
         (
             SmoothGradSq,
             {"base": "benchbox.methods.base:reduce_channels"},
-            r"^smoothgrad_sq\.base: .* is not an attribution method",
+            r"^smoothgrad_sq\.base: .* is a function, not a method; name a subclass of benchbox",
         ),
         (
             SmoothGrad,

@@ -407,16 +407,49 @@ def _relu_rule_classes() -> dict[str, type]:
     def fixed(base: type) -> type:
         class Fixed(base):
             def _register_hooks(self, module: nn.Module) -> None:
-                if isinstance(module, nn.ReLU):
-                    hooks = _rewrite_hooks(
-                        module, self._backward_hook, uses_grad_out=self.use_relu_grad_output
-                    )
+                if not isinstance(module, nn.ReLU):
+                    return
+                if self.use_relu_grad_output:  # deconvnet: relu(g), the rule needs no hooks
+                    self.backward_hooks.append(_DeconvForward(module))
+                else:
+                    hooks = _rewrite_hooks(module, self._backward_hook, uses_grad_out=False)
                     self.backward_hooks.extend(hooks)
 
         Fixed.__name__ = base.__name__
         return Fixed
 
     return {"guided_backprop": fixed(GuidedBackprop), "deconvnet": fixed(Deconvolution)}
+
+
+class _DeconvReLU(torch.autograd.Function):
+    """``relu(z)`` forward, ``relu(g)`` backward: deconvnet's rule (the forward mask ignored)."""
+
+    @staticmethod
+    def forward(ctx: Any, z: Tensor) -> Tensor:
+        return z.clamp_min(0)
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> Tensor:
+        return g.clamp_min(0)
+
+
+class _DeconvForward:
+    """Replaces an ``nn.ReLU``'s forward by ``_DeconvReLU`` until ``remove()`` (a hook handle).
+
+    Captum's rule (and ``_rewrite_hooks``) recovers the output gradient ``g`` with a capture hook
+    and copies of every ReLU's input and output: 1.23–1.39x the cost of a plain backward pass on
+    the benchmark CNN. The function gives the same gradient directly. It is never in-place, so
+    an ``inplace=True`` ReLU leaves its input intact, and ``relu(h) + h`` rewrites only the
+    ReLU's branch.
+    """
+
+    def __init__(self, module: nn.ReLU) -> None:
+        self.module = module
+        module.forward = _DeconvReLU.apply  # type: ignore[method-assign]
+
+    def remove(self) -> None:
+        if "forward" in vars(self.module):
+            del self.module.forward
 
 
 def modified_relu_gradient(

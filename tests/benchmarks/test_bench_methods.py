@@ -174,24 +174,7 @@ def record(benchmark: Any, timing: dict[str, float], pairs: int) -> None:
     )
 
 
-# deconvnet measured 1.23–1.39x here across runs (thread CPU time, fastest of interleaved runs;
-# guided_backprop 1.12–1.19x): its ReLU rule (gradient._rewrite_hooks with uses_grad_out=True)
-# clones every ReLU's input and output. Not strict: it passes on some runs.
-_OVER_BUDGET = {
-    "deconvnet": "1.23-1.39x measured: _rewrite_hooks(uses_grad_out=True) clones each ReLU's "
-    "input and output; see the benchbox.methods.gradient owner",
-}
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(n, marks=pytest.mark.xfail(reason=_OVER_BUDGET[n], strict=False))
-        if n in _OVER_BUDGET
-        else n
-        for n in GRADIENT_METHODS
-    ],
-)
+@pytest.mark.parametrize("name", GRADIENT_METHODS)
 def test_gradient_method_costs_at_most_1_3_reference(
     name: str, setup: tuple[ExplainedModel, torch.Tensor, torch.Tensor], benchmark: Any
 ) -> None:
