@@ -961,8 +961,9 @@ class Deconvnet(GuidedBackprop):
     At every ReLU the backward pass sends ``relu(∂y/∂r)`` whatever the sign of its input ``z``;
     ``a = reduce_c(|DeconvNet(x)|)``. Zeiler & Fergus, "Visualizing and Understanding
     Convolutional Networks", ECCV 2014 (arXiv 1311.2901), in the gradient formulation of
-    Springenberg et al. 2015. Computed with ``captum.attr.Deconvolution``'s rule (hooks
-    repaired; see the module doc); needs ``nn.ReLU`` modules. As for guided backprop, the signal
+    Springenberg et al. 2015. Computed with ``captum.attr.Deconvolution``, each ``nn.ReLU``'s
+    forward replaced by a ReLU whose backward is ``relu(g)`` for the call (``_DeconvForward``);
+    needs ``nn.ReLU`` modules. As for guided backprop, the signal
     into every ReLU is ``>= 0``. Parameters and shapes as ``guided_backprop``. Deterministic.
     """
 
