@@ -106,11 +106,13 @@ def run(
     from .suite import load_suite
 
     s = load_suite(suite)
-    base = tol = None
-    if baseline is not None:  # checked before any work, so a typo costs nothing
+    # The baseline and the tolerance are checked before any work, so a typo costs nothing.
+    tol = _tolerance(tolerance)
+    base = None
+    if baseline is not None:
         from .compare import load_side
 
-        base, tol = load_side(baseline, "baseline"), _tolerance(tolerance)
+        base = load_side(baseline, "baseline")
     progress = Progress(
         TextColumn("[bold]{task.description:<48.48}"),
         BarColumn(),
@@ -158,7 +160,7 @@ def run(
     if base is not None:
         from .compare import compare as compare_runs
 
-        comparison = compare_runs(base, result.path, tolerance=tol or 0.02, alpha=alpha)
+        comparison = compare_runs(base, result.path, tolerance=tol, alpha=alpha)
         _print_comparison(comparison.to_markdown(), markdown)
         regressed = comparison.regressed
     if result.failed:
