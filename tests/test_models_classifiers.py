@@ -348,9 +348,9 @@ def test_train_seed_gives_an_independent_replica(data: dict[str, Dataset], cache
 
 
 def test_augment_changes_training(data: dict[str, Dataset], cache: Path) -> None:
-    plain = build(CASES[0], data)
+    plain = build(CASES[0], data, augment=False)
     augmented = build(CASES[0], data, augment=True)
-    assert augmented.info["augment"] is True
+    assert augmented.info["augment"] is True and plain.info["augment"] is False
     assert not states_equal(plain.module, augmented.module)
 
 

