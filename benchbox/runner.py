@@ -528,23 +528,24 @@ class _Dropped:
     reason: str
 
 
-def _drop_nonfinite(
-    batch: Batch, pred: Tensor, values: Tensor, reason: str, dropped: list[_Dropped]
-) -> tuple[Batch, Tensor, Tensor] | None:
-    """``(batch, pred, keep)`` without the samples whose ``values`` ``[B, ...]`` are not all
-    finite (appended to ``dropped`` with ``reason``); None when none is left. ``batch`` is
-    returned as is (the same object) when every sample is finite."""
-    finite = torch.isfinite(values.reshape(len(batch), -1)).all(dim=1)
-    if bool(finite.all()):
-        return batch, pred, finite
-    target = batch.target if batch.target is not None else pred
-    for k in (~finite).nonzero().flatten().tolist():
+def _finite_rows(values: Tensor) -> Tensor:
+    """bool ``[B]``: which samples of ``values`` ``[B, ...]`` are finite everywhere."""
+    return torch.isfinite(values.reshape(values.shape[0], -1)).all(dim=1)
+
+
+def _record_dropped(
+    dropped: list[_Dropped],
+    batch: Batch,
+    target: Tensor,
+    pred: Tensor,
+    bad: Tensor,
+    reason: str,
+) -> None:
+    """Append the samples where ``bad`` (bool ``[B]``) to ``dropped`` with ``reason``."""
+    for k in bad.nonzero().flatten().tolist():
         dropped.append(
             _Dropped(batch.ids[k], int(batch.label[k]), int(target[k]), int(pred[k]), reason)
         )
-    if not bool(finite.any()):
-        return None
-    return batch.select(finite), pred[finite], finite
 
 
 def _dropped_rows(
@@ -693,14 +694,18 @@ def _execute_job(
         else:
             target = pred if suite.target == "prediction" else batch.label
         batch = batch.with_target(target)
-        kept = _drop_nonfinite(batch, pred, batch.x, _NONFINITE_INPUT, dropped)
-        if kept is not None:
-            kept = _drop_nonfinite(kept[0], kept[1], logits[kept[2]], _NONFINITE_OUTPUT, dropped)
-        if kept is None:
-            advance(1)
-            continue
-        batch, pred, _ = kept
-        target = batch.target if batch.target is not None else pred
+        # Samples with a non-finite input, or a finite input the model maps to a non-finite
+        # output, leave the batch here (one host sync for both checks).
+        bad_input = ~_finite_rows(batch.x)
+        bad_output = ~_finite_rows(logits) & ~bad_input
+        keep = ~(bad_input | bad_output)
+        if not bool(keep.all()):
+            _record_dropped(dropped, batch, target, pred, bad_input, _NONFINITE_INPUT)
+            _record_dropped(dropped, batch, target, pred, bad_output, _NONFINITE_OUTPUT)
+            if not bool(keep.any()):
+                advance(1)
+                continue
+            batch, target, pred = batch.select(keep), target[keep], pred[keep]
         try:
             attr = None
             if cache is not None:
@@ -717,13 +722,13 @@ def _execute_job(
             method_error = f"method {job.method.name!r} failed: {type(exc).__name__}: {exc}"
             advance(1)
             continue
-        kept = _drop_nonfinite(batch, pred, attr, _NONFINITE_MAP, dropped)
-        if kept is None:
-            advance(1)
-            continue
-        if kept[0] is not batch:
-            batch, pred, attr = kept[0], kept[1], attr[kept[2]]
-            target = batch.target if batch.target is not None else pred
+        keep = _finite_rows(attr)
+        if not bool(keep.all()):
+            _record_dropped(dropped, batch, target, pred, ~keep, _NONFINITE_MAP)
+            if not bool(keep.any()):
+                advance(1)
+                continue
+            batch, target, pred, attr = batch.select(keep), target[keep], pred[keep], attr[keep]
         if examples is not None:
             _save_examples(examples, job, batch, attr)
             examples = None  # the first batch only
