@@ -16,9 +16,6 @@ seeds, against 91–96% with three blocks, on ``synthetic_lesions_2d`` at its de
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-import torch
 from pydantic import NonNegativeInt, PositiveInt
 from torch import Tensor, nn
 
@@ -36,30 +33,17 @@ def _block(c_in: int, c_out: int) -> nn.Sequential:
     )
 
 
-class CNNGapNet(nn.Module):
+class CNNGapNet(training.InputNormalized):
     """Three conv blocks, global average pooling, linear head; normalization inside.
 
     Args:
         in_channels: C of the input ``[B, C, H, W]``.
         num_classes: K of the logits ``[B, K]``.
         width: channels of block1; blocks 2 and 3 have 2x and 4x.
-        mean, std: per-channel normalization, kept as buffers (they travel with the state_dict).
     """
 
-    def __init__(
-        self,
-        *,
-        in_channels: int = 1,
-        num_classes: int = 2,
-        width: int = 16,
-        mean: Sequence[float] | None = None,
-        std: Sequence[float] | None = None,
-    ) -> None:
-        super().__init__()
-        mean = [0.0] * in_channels if mean is None else list(mean)
-        std = [1.0] * in_channels if std is None else list(std)
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+    def __init__(self, *, in_channels: int = 1, num_classes: int = 2, width: int = 16) -> None:
+        super().__init__(in_channels, spatial_dims=2)
         self.block1 = _block(in_channels, width)
         self.pool1 = nn.MaxPool2d(2)
         self.block2 = _block(width, 2 * width)
@@ -68,13 +52,9 @@ class CNNGapNet(nn.Module):
         self.gap = nn.AdaptiveAvgPool2d(1)
         self.head = nn.Linear(4 * width, num_classes)
 
-    mean: Tensor
-    std: Tensor
-
     def features(self, x: Tensor) -> Tensor:
         """ReLU'd activations of the last block, ``[B, 4 * width, H / 4, W / 4]``."""
-        x = (x - self.mean) / self.std
-        x = self.pool1(self.block1(x))
+        x = self.pool1(self.block1(self.normalize(x)))
         x = self.pool2(self.block2(x))
         return self.block3(x)
 
