@@ -18,6 +18,7 @@ from __future__ import annotations
 import gc
 import math
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -564,12 +565,13 @@ def test_volumes_are_attacked_and_manipulated(method: Method) -> None:
 # The numbers on the trained CNN (slow)
 # ================================================================================================
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ExplainedModel, Batch]]:
+def trained(default_models_cache: Path) -> Iterator[tuple[ExplainedModel, Batch]]:
     from benchbox.datasets.synthetic import SyntheticLesions2D
     from benchbox.models.cnn import CNNGap
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("BENCHBOX_CACHE", str(tmp_path_factory.mktemp("cache")))
+        # shared with the randomization findings (defaults, seed 0, one thread)
+        mp.setenv("BENCHBOX_CACHE", str(default_models_cache))
         data_ = SyntheticLesions2D()
         model = CNNGap().build(data_, seed=0, device=CPU, batch_size=256)
     batch = data_.get("test", range(64))

@@ -614,12 +614,12 @@ def test_runner_end_to_end_rows_curves_and_rebuilds(
 # accuracy 0.96) guided backprop is less resistant (0.28-0.31 at step 2, saliency 0.12-0.18),
 # while edge~guided backprop 0.16 > edge~saliency 0.11.
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ExplainedModel, Batch]]:
+def trained(default_models_cache: Path) -> Iterator[tuple[ExplainedModel, Batch]]:
     from benchbox.datasets.synthetic import SyntheticLesions2D
     from benchbox.models.cnn import CNNGap
 
     mp = pytest.MonkeyPatch()
-    mp.setenv("BENCHBOX_CACHE", str(tmp_path_factory.mktemp("cache")))
+    mp.setenv("BENCHBOX_CACHE", str(default_models_cache))  # shared with the adversarial tests
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -388,10 +388,12 @@ def test_auroc_matches_pairwise_reference() -> None:
 # -- the real thing -----------------------------------------------------------------------------
 @pytest.mark.slow
 def test_default_training_is_accurate_and_looks_at_the_lesion(
-    cache: Path,
+    default_models_cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from captum.attr import LayerAttribution, LayerGradCam
 
+    # The same model (defaults, seed 0, one thread) as the adversarial and randomization findings.
+    monkeypatch.setenv("BENCHBOX_CACHE", str(default_models_cache))
     data = SyntheticLesions2D()
     model = CNNGap().build(data, seed=0, device=CPU, batch_size=256)
     assert model.info["test_accuracy"] >= 0.90

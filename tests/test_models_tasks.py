@@ -522,15 +522,19 @@ def test_segmentation_suite_localizes_brain_lesions(tmp_path: Path, cache: Path)
     import yaml
 
     data = yaml.safe_load((ROOT / "suites" / "segmentation.yaml").read_text())
+    # The bundled suite with the U-Net at half width (a quarter of the cost: 50 s instead of
+    # about 2 minutes on 2 threads); the full suite's figures are in results/reference.
+    (model,) = data["models"]
+    data["models"] = [{"unet_small": {**model["unet_small"], "width": 8}}]
     result = run_suite(parse_suite({**data, "limit": 32}), output=tmp_path)
     assert not result.failed
     (info,) = result.manifest["models"]
-    # Measured (1 thread): test Dice 0.88, pooled 0.89, image accuracy 0.99, AUROC 1.00 (another
-    # training seed: 0.77, 0.79, 0.95, 0.99).
+    # Measured (2 threads, width 8): test Dice 0.90, image accuracy 1.00 (suite seed 1: 0.91,
+    # 1.00). At width 16 (1 thread): 0.88 and 0.99.
     assert info["test_dice"] >= 0.6 and info["test_accuracy"] >= 0.85
     pg = result.summary.set_index(["method", "metric"])["mean"]
-    # Measured on 64 images: grad_cam 1.0, saliency 0.64, integrated_gradients 1.0, random 0
-    # (the other seed: 0.94, 0.61, 0.06, 0 — integrated gradients is the fragile one).
+    # Measured on 32 images: grad_cam 1.0, integrated_gradients 1.0, saliency 0.56, random 0.06
+    # (suite seed 1: 1.0, 1.0, 0.69, 0).
     assert pg["grad_cam", "pointing_game"] - pg["random", "pointing_game"] >= 0.5
     assert pg["saliency", "pointing_game"] - pg["random", "pointing_game"] >= 0.2
 
