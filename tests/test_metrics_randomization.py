@@ -700,10 +700,11 @@ def test_finding_guided_backprop_resists_top_layer_randomization(
 #   saliency                 0.06                0.55           0.24
 # The gradient's sign follows the randomized head, guided backprop's does not (its backward ReLUs
 # pass only positive signals, so the map is a partial reconstruction of the image; Nie, Zhang,
-# Patel, ICML 2018); |.| hides that part. Spearman of |map| leaves the gap at 0.28 on every
-# network tried on this data (cnn_gap 0.28; resnet_small 0.28, 0.31 over two randomizations; an
-# eight-conv VGG-style net 0.28): the |gradient| of a partly random network still follows the
-# image's anatomy, and saliency keeps about 0.55 of it.
+# Patel, ICML 2018); |.| hides that part. Spearman of |map| leaves the gap below 0.3 on every
+# network tried (resnet_small 0.28, 0.31 over two randomizations; an eight-conv VGG-style net
+# 0.28; cnn_gap at step 2: 0.16 on this data, 0.28 on synthetic_lesions_2d, while its signed
+# rank correlation is 0.79 vs -0.05): the |gradient| of a partly random network still follows
+# the image's anatomy, and saliency keeps about 0.55 of it here.
 _RESNET_STEPS = ["head", "stage3.1.conv2", "stage3.1.conv1"]
 
 
@@ -753,9 +754,9 @@ def _step3(resnet_on_brain: tuple[ExplainedModel, Batch]) -> dict[tuple[str, str
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("similarity", "gap"),
-    # the issue's 0.3 under Adebayo et al.'s rank correlation (no |.|) and SSIM; 0.2 under the
+    # the issue's 0.3 under Adebayo et al.'s rank correlation (no |.|) and SSIM; 0.25 under the
     # rank correlation of |map| (measured 0.28, see above)
-    [("spearman", 0.3), ("ssim", 0.3), ("spearman_abs", 0.2)],
+    [("spearman", 0.3), ("ssim", 0.3), ("spearman_abs", 0.25)],
 )
 def test_finding_guided_backprop_survives_the_head_and_last_block(
     resnet_on_brain: tuple[ExplainedModel, Batch], similarity: str, gap: float
