@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import torch
+
+from benchbox.core import Batch, Dataset, ExplainedModel, ModelBuilder
 
 
 @pytest.fixture(scope="session")
@@ -17,3 +22,29 @@ def default_models_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     any of them still trains its own).
     """
     return tmp_path_factory.mktemp("default_models_cache")
+
+
+@contextmanager
+def trained_at_defaults(
+    cache: Path, dataset: Dataset, builder: ModelBuilder, *, batch_size: int = 64
+) -> Iterator[tuple[ExplainedModel, Batch]]:
+    """A built-in model at its defaults (seed 0) and the first 64 test images with its
+    predictions as targets, all on one thread, weights in ``cache`` (``default_models_cache``).
+
+    One thread while the model trains (its weights depend on the thread count) and while the
+    caller uses it; the thread count and ``BENCHBOX_CACHE`` are restored on exit.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("BENCHBOX_CACHE", str(cache))
+            model = builder.build(
+                dataset, seed=0, device=torch.device("cpu"), batch_size=batch_size
+            )
+            batch = dataset.get("test", range(64))
+            with torch.no_grad():
+                batch = batch.with_target(model(batch.x).argmax(dim=1))
+            yield model, batch
+    finally:
+        torch.set_num_threads(threads)

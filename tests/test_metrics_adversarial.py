@@ -58,6 +58,7 @@ from benchbox.metrics.adversarial import (
 from benchbox.metrics.similarity import spearman, topk_intersection
 from benchbox.params import validate_params
 from benchbox.seeding import make_generator
+from tests.conftest import trained_at_defaults
 
 CPU = torch.device("cpu")
 
@@ -569,15 +570,11 @@ def trained(default_models_cache: Path) -> Iterator[tuple[ExplainedModel, Batch]
     from benchbox.datasets.synthetic import SyntheticLesions2D
     from benchbox.models.cnn import CNNGap
 
-    with pytest.MonkeyPatch.context() as mp:
-        # shared with the randomization findings (defaults, seed 0, one thread)
-        mp.setenv("BENCHBOX_CACHE", str(default_models_cache))
-        data_ = SyntheticLesions2D()
-        model = CNNGap().build(data_, seed=0, device=CPU, batch_size=256)
-    batch = data_.get("test", range(64))
-    with torch.no_grad():
-        batch = batch.with_target(model(batch.x).argmax(dim=1))
-    yield model, batch
+    # the same model as the randomization findings'
+    with trained_at_defaults(
+        default_models_cache, SyntheticLesions2D(), CNNGap(), batch_size=256
+    ) as trained:
+        yield trained
 
 
 def _trained_context(model: ExplainedModel, batch: Batch, method: Method) -> MetricContext:

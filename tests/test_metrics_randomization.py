@@ -44,6 +44,7 @@ from benchbox.models.cnn import CNNGapNet
 from benchbox.params import validate_params
 from benchbox.registry import methods
 from benchbox.seeding import make_generator
+from tests.conftest import trained_at_defaults
 
 SIMS = ("spearman", "spearman_abs", "ssim", "hog_pearson", "topk")
 
@@ -619,20 +620,9 @@ def trained(default_models_cache: Path) -> Iterator[tuple[ExplainedModel, Batch]
     from benchbox.datasets.synthetic import SyntheticLesions2D
     from benchbox.models.cnn import CNNGap
 
-    mp = pytest.MonkeyPatch()
-    mp.setenv("BENCHBOX_CACHE", str(default_models_cache))  # shared with the adversarial tests
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        ds = SyntheticLesions2D()
-        model = CNNGap().build(ds, seed=0, device=torch.device("cpu"), batch_size=64)
-        batch = ds.get("test", range(64))
-        with torch.no_grad():
-            batch = batch.with_target(model(batch.x).argmax(dim=1))
-        yield model, batch
-    finally:
-        torch.set_num_threads(threads)
-        mp.undo()
+    # the same model as the adversarial findings'
+    with trained_at_defaults(default_models_cache, SyntheticLesions2D(), CNNGap()) as trained:
+        yield trained
 
 
 _CASCADES: dict[str, list[dict[str, MetricOutput]]] = {}
@@ -715,20 +705,9 @@ def resnet_on_brain(
     from benchbox.datasets.brain import BrainLesions2D
     from benchbox.models.resnet import ResNetSmall
 
-    mp = pytest.MonkeyPatch()
-    mp.setenv("BENCHBOX_CACHE", str(default_models_cache))  # shared with the accuracy test
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        ds = BrainLesions2D()
-        model = ResNetSmall().build(ds, seed=0, device=torch.device("cpu"), batch_size=64)
-        batch = ds.get("test", range(64))
-        with torch.no_grad():
-            batch = batch.with_target(model(batch.x).argmax(dim=1))
-        yield model, batch
-    finally:
-        torch.set_num_threads(threads)
-        mp.undo()
+    # the same model as the accuracy test's
+    with trained_at_defaults(default_models_cache, BrainLesions2D(), ResNetSmall()) as trained:
+        yield trained
 
 
 _STEP3: dict[tuple[str, str], float] = {}
