@@ -149,8 +149,9 @@ def run(
     for info in result.manifest["models"]:
         acc = info.get("test_accuracy")
         if acc is not None:
+            replica = f" (replica {info['replica']})" if info.get("replicas", 1) > 1 else ""
             out.print(
-                f"model {info['model']} on {info['dataset']}: test accuracy {acc:.3f}"
+                f"model {info['model']}{replica} on {info['dataset']}: test accuracy {acc:.3f}"
                 + (f", AUROC {info['test_auroc']:.3f}" if "test_auroc" in info else "")
             )
     out.print(f"results: {result.path}")
@@ -305,19 +306,24 @@ def _print_summary(summary: pd.DataFrame) -> None:
     """Rich table of the summary; dataset/model columns are folded into the title when constant."""
     keys = [k for k in ("dataset", "model") if summary[k].nunique() > 1]
     fixed = " / ".join(str(summary[k].iloc[0]) for k in ("dataset", "model") if k not in keys)
+    replicas = int(summary["replicas"].max()) if len(summary) else 1
+    spread = (
+        ["replica sd (min–max)"] if replicas > 1 else []
+    )  # the spread across training seeds, beside the CI over samples
     title = f"summary{' — ' + fixed if fixed else ''}: mean, 95% bootstrap CI, n"
     table = Table(title=title)
-    for col in (*keys, "method", "metric", "mean", "95% CI", "n"):
+    for col in (*keys, "method", "metric", "mean", "95% CI", "n", *spread):
         table.add_column(col, justify="right" if col in ("mean", "n") else "left", no_wrap=True)
     for r in summary.itertuples(index=False):
         metric = r.metric + (f".{r.variant}" if r.variant else "")
         metric += " ↑" if r.higher_is_better else " ↓"
         cells = [str(getattr(r, k)) for k in keys] + [r.method, metric]
         if r.status != "ok":
-            table.add_row(*cells, r.status, str(r.message), "0")
+            table.add_row(*cells, r.status, str(r.message), "0", *("" for _ in spread))
         else:
             ci = f"{_fmt(r.ci_low)}–{_fmt(r.ci_high)}"
-            table.add_row(*cells, _fmt(r.mean), ci, str(r.n))
+            sd = f"{_fmt(r.replica_std)} ({_fmt(r.replica_min)}–{_fmt(r.replica_max)})"
+            table.add_row(*cells, _fmt(r.mean), ci, str(r.n), *([sd] if spread else []))
     out.print(table)
 
 

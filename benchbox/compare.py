@@ -27,6 +27,13 @@ The tolerance is absolute, in the metric's own units: a float for every metric, 
 ``{"*": 0.02, "deletion": 0.01, "model_randomization.ssim": 0.05}`` (the most specific key wins:
 ``metric.variant``, then ``metric``, then ``"*"``, then ``DEFAULT_TOLERANCE``).
 
+**Replicas** (a model with ``replicas: N``): each sample's value is first averaged over the
+replicas that scored it, on each side, so the paired test sees one difference per sample (the
+replicas are not independent samples). The table reports each side's spread across replicas
+(``baseline_replica_std``, ``new_replica_std``: the standard deviation of the replicas' means);
+a regression smaller than that spread is flagged in its note, since another training run (or
+another CPU, whose float kernels train other weights) moves the mean that much by itself.
+
 Status changes count too: a row that had values and now errors, is skipped or has no finite value
 is a regression. Rows found on one side only and rows whose parameters changed (dataset, model,
 method or metric parameters, read from each side's ``manifest.json``) are reported, never tested:
@@ -103,6 +110,10 @@ _COLUMNS = [
     "tolerance",
     "baseline_n",
     "new_n",
+    "baseline_replicas",
+    "new_replicas",
+    "baseline_replica_std",
+    "new_replica_std",
     "n_paired",
     "test",
     "p",
@@ -150,6 +161,7 @@ def load_side(source: Any, role: str = "baseline") -> RunTables:
     present), or anything with a ``.path`` to such a folder (``Results``, ``RunResult``)."""
     import pandas as pd
 
+    from .stats import replica_means
     from .store import read_summary
 
     if isinstance(source, RunTables):
@@ -201,8 +213,9 @@ def load_side(source: Any, role: str = "baseline") -> RunTables:
             raise UserError(
                 f"{folder / 'scores.parquet'}: cannot read the {role} scores: {exc}"
             ) from exc
-        ok = raw[(raw["status"] == "ok") & raw["sample_id"].notna()]
-        scores = ok.drop(columns="status").reset_index(drop=True)
+        # One value per sample: its mean over the model's replicas (a sample no replica scored
+        # stays NaN and drops out of the pairing).
+        scores = replica_means(raw[(raw["status"] == "ok") & raw["sample_id"].notna()], KEY)
     return RunTables(str(path), summary, manifest, scores)
 
 
@@ -286,7 +299,9 @@ class Comparison:
 
     ``table`` columns: dataset, model, method, metric, variant, higher_is_better, baseline_mean,
     new_mean, delta (new − baseline), change (delta in the metric's direction: > 0 is better),
-    tolerance, baseline_n, new_n, n_paired (samples in the paired test; 0 when unpaired), test
+    tolerance, baseline_n, new_n, baseline_replicas, new_replicas, baseline_replica_std,
+    new_replica_std (the spread across training replicas; NaN with one), n_paired (samples in the
+    paired test; 0 when unpaired), test
     (``wilcoxon`` | ``welch`` | ''), p, p_holm, baseline_status, new_status, verdict, regression
     (bool), note. Rows are sorted by severity: regressions first, worst change first.
     """
@@ -341,6 +356,14 @@ class Comparison:
             f"significant at α = {_num(self.alpha)}"
             + (f" ({how}, Holm-corrected over {int(t['p'].notna().sum())} rows)." if how else "."),
         ]
+        n_rep = int(max(t["baseline_replicas"].max(), t["new_replicas"].max(), 1))
+        if n_rep > 1:
+            lines += [
+                "",
+                f"The model was trained {n_rep} times (replicas): each sample's value is its mean "
+                "over the replicas, and ± is the standard deviation of the replicas' means, the "
+                "spread across training seeds.",
+            ]
         if self.notes:
             lines += ["", *(f"- {n}" for n in self.notes)]
         if len(changed) == 0:
@@ -362,8 +385,8 @@ class Comparison:
                 *(str(getattr(r, c)) for c in cols),
                 r.method,
                 metric,
-                _cell(r.baseline_mean, r.baseline_status),
-                _cell(r.new_mean, r.new_status),
+                _cell(r.baseline_mean, r.baseline_status, r.baseline_replica_std),
+                _cell(r.new_mean, r.new_status, r.new_replica_std),
                 _signed(r.delta),
                 _p(r.p_holm),
                 verdict,
@@ -390,12 +413,14 @@ def _num(v: float) -> str:
     return f"{v:g}"
 
 
-def _cell(mean: float, status: Any) -> str:
+def _cell(mean: float, status: Any, replica_std: float = math.nan) -> str:
     if isinstance(status, str) and status != "ok":
         return status
     if not isinstance(status, str):
         return "—"  # row absent on this side
-    return "NaN" if not math.isfinite(mean) else f"{mean:.4f}"
+    if not math.isfinite(mean):
+        return "NaN"
+    return f"{mean:.4f}" + (f" ± {replica_std:.4f}" if math.isfinite(replica_std) else "")
 
 
 def _signed(v: float) -> str:
@@ -468,6 +493,10 @@ def compare(
             "tolerance": _tolerance_for(tol, key[3], key[4]),
             "baseline_n": int(rb["n"]) if rb is not None else 0,
             "new_n": int(rc["n"]) if rc is not None else 0,
+            "baseline_replicas": _replicas(rb),
+            "new_replicas": _replicas(rc),
+            "baseline_replica_std": _replica_std(rb),
+            "new_replica_std": _replica_std(rc),
             "n_paired": 0,
             "test": "",
             "p": math.nan,
@@ -493,12 +522,29 @@ def compare(
         for r in table[tested].itertuples(index=False)
     ]
     table["regression"] = table["verdict"].isin(REGRESSIONS)
+    spread = table[["baseline_replica_std", "new_replica_std"]].max(axis=1)
+    small = table["regression"] & (table["change"].abs() <= spread)
+    table.loc[small, "note"] = [
+        f"within the spread across training replicas (sd {s:.3g})" for s in spread[small]
+    ]
     table["severity"] = table["verdict"].map(_SEVERITY)
     # Worst first within a severity; a status regression (no change to measure) leads.
     table["_order"] = table["change"].fillna(-math.inf)
     table = table.sort_values(["severity", "_order"], kind="stable").reset_index(drop=True)
     table = table[_COLUMNS]
     return Comparison(table, base.label, cur.label, tol, float(alpha), tuple(notes))
+
+
+def _replicas(row: pd.Series | None) -> int:
+    """Replicas behind a summary row; 1 for a summary written before replicas existed."""
+    if row is None:
+        return 0
+    value = row.get("replicas", 1)
+    return int(value) if value is not None and math.isfinite(float(value)) else 1
+
+
+def _replica_std(row: pd.Series | None) -> float:
+    return math.nan if row is None else float(row.get("replica_std", math.nan))
 
 
 def _statuses(summary: pd.DataFrame) -> dict[tuple[str, ...], set[str]]:

@@ -29,12 +29,15 @@ class Job:
 
     @property
     def key(self) -> tuple[str, ...]:
-        """Identity of the job: what its seed and its cache entries derive from."""
+        """Identity of the job: what its seed and its cache entries derive from.
+
+        A model's replicas share it: their jobs draw the same random numbers (noise, baselines,
+        perturbation orders), so the spread across replicas is the training's alone."""
         return tuple(f"{c.name}{c.params_json}" for c in (self.dataset, self.model, self.method))
 
     @property
     def label(self) -> str:
-        return f"{self.dataset.name} / {self.model.name} / {self.method.name}"
+        return f"{self.dataset.name} / {self.model.label} / {self.method.name}"
 
 
 def _caps(spec: ComponentSpec, attr: str) -> frozenset[Capability]:

@@ -287,7 +287,13 @@ class _RunContext:
             try:
                 model = _build_model(m, self.datasets[d.path], suite, self.dev)
                 key = _pair_key(suite.datasets.index(d), suite.models.index(m))
-                info = {"dataset": d.name, "model": m.name, "model_params": m.params}
+                info = {
+                    "dataset": d.name,
+                    "model": m.name,
+                    "model_params": m.params,
+                    "replica": m.replica,
+                    "replicas": m.replicas,
+                }
                 self.store.write_model_info(key, {**info, **model.info})
             except UserError as exc:
                 model_error = f"{suite.source}: {m.path}: {exc}"
@@ -354,6 +360,7 @@ class _RunContext:
             "index": job.index,
             "dataset": job.dataset.name,
             "model": job.model.name,
+            "replica": job.model.replica,
             "method": job.method.name,
             "status": "skipped" if job.skip_reason else ("error" if job_failed else "ok"),
             **extra,
@@ -392,10 +399,11 @@ def _build_model(
     """Build (train or load) the model; ``overrides`` change builder parameters (``rebuild``).
 
     The seed derives from the suite's parameters, not the overridden ones: a permuted-label or
-    second-seed model differs from the original by exactly the overridden parameter. ``probes``:
+    second-seed model differs from the original by exactly the overridden parameter, and so does
+    a replica (``ComponentSpec.build`` raises its ``train_seed``). ``probes``:
     evaluate the dataset's probe sets into ``info`` (a Dask worker, whose facts the driver has
     recorded already, skips them)."""
-    builder = spec.cls(**{**spec.params, **overrides}) if overrides else spec.build()
+    builder = spec.build(**overrides)
     seed = derive_seed(suite.seed, "model", spec.name, spec.params_json)
     model = builder.build(ds, seed=seed, device=dev, batch_size=suite.batch_size)
     model.module.eval()
@@ -430,6 +438,7 @@ def _base_columns(job: Job, suite: Suite, run_id: str) -> dict[str, Any]:
         "dataset_params": job.dataset.params_json,
         "model": job.model.name,
         "model_params": job.model.params_json,
+        "replica": job.model.replica,
         "method": job.method.name,
         "method_params": job.method.params_json,
     }
@@ -810,6 +819,7 @@ def _execute_job(
                             "suite": suite.name,
                             "dataset": job.dataset.name,
                             "model": job.model.name,
+                            "replica": job.model.replica,
                             "method": job.method.name,
                             "metric": spec.name,
                             "variant": variant,

@@ -33,11 +33,18 @@ _KEY = [
     ),
 ]
 
+_REPLICA = Column(
+    "replica",
+    pa.int64(),
+    "which independently trained copy of the model (0 .. replicas-1; 0 without replicas)",
+)
+
 SCORES: tuple[Column, ...] = (
     *_KEY[:3],
     Column("dataset_params", pa.string(), "dataset parameters, canonical JSON"),
     _KEY[3],
     Column("model_params", pa.string(), "model parameters, canonical JSON"),
+    _REPLICA,
     _KEY[4],
     Column("method_params", pa.string(), "method parameters with defaults, canonical JSON"),
     _KEY[5],
@@ -58,7 +65,9 @@ SCORES: tuple[Column, ...] = (
 )
 
 CURVES: tuple[Column, ...] = (
-    *_KEY,
+    *_KEY[:4],
+    _REPLICA,
+    *_KEY[4:],
     Column("sample_id", pa.string(), "stable sample id"),
     Column("step", pa.int32(), "index along the curve (0 = unperturbed)"),
     Column("x", pa.float64(), "curve abscissa (e.g. fraction of pixels removed)"),
@@ -67,12 +76,26 @@ CURVES: tuple[Column, ...] = (
 
 SUMMARY: tuple[Column, ...] = (
     *_KEY[1:],
-    Column("mean", pa.float64(), "mean of the finite values"),
+    Column(
+        "mean",
+        pa.float64(),
+        "mean over the samples of each sample's value (with replicas: its mean over the "
+        "replicas), finite values only",
+    ),
     Column("ci_low", pa.float64(), "lower end of the 95% percentile bootstrap CI of the mean"),
     Column("ci_high", pa.float64(), "upper end of the 95% percentile bootstrap CI of the mean"),
-    Column("std", pa.float64(), "sample standard deviation of the finite values"),
-    Column("n", pa.int64(), "number of finite values"),
-    Column("n_nan", pa.int64(), "number of NaN values (undefined for that sample)"),
+    Column("std", pa.float64(), "sample standard deviation of the per-sample values"),
+    Column("n", pa.int64(), "number of samples with a finite value"),
+    Column("n_nan", pa.int64(), "number of NaN values (undefined for that sample and replica)"),
+    Column("replicas", pa.int64(), "number of model replicas with a finite value"),
+    Column(
+        "replica_std",
+        pa.float64(),
+        "standard deviation of the replicas' means (the spread across training seeds); NaN "
+        "with one replica",
+    ),
+    Column("replica_min", pa.float64(), "lowest mean of a replica"),
+    Column("replica_max", pa.float64(), "highest mean of a replica"),
     Column("higher_is_better", pa.bool_(), "direction of the metric"),
     Column("status", pa.string(), "ok, or skipped / error when no value was computed"),
     Column("message", pa.string(), "the skip reason or error, if any"),

@@ -38,6 +38,7 @@ __all__ = [
     "method_matrix",
     "nemenyi_q",
     "pairwise_wilcoxon",
+    "replica_means",
     "wilcoxon_paired",
 ]
 
@@ -251,6 +252,20 @@ def cd_cliques(mean_ranks: np.ndarray, cd: float) -> list[list[int]]:
 
 
 # -- frame-level helpers (scores.parquet) ---------------------------------------------------------
+def replica_means(scores: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    """One value per ``by`` + ``sample_id``: the mean over the model's replicas of the finite
+    values (NaN where no replica has one); columns ``[*by, "sample_id", "value"]``.
+
+    A model trained ``replicas`` times scores every test sample once per replica; the replicas
+    are not independent samples, so paired tests over samples (and the summary's CI) take each
+    sample's mean over them. Pass the ok rows with a ``sample_id``.
+    """
+    v = scores["value"].to_numpy(dtype=np.float64)
+    finite = scores.assign(value=scores["value"].where(np.isfinite(v)))
+    grouped = finite.groupby([*by, "sample_id"], sort=False, dropna=False)["value"]
+    return grouped.mean().reset_index()
+
+
 def method_matrix(group: pd.DataFrame, methods: list[str] | None = None) -> pd.DataFrame:
     """The ok rows of one (dataset, model, metric, variant) as samples × methods of values.
 

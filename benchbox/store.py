@@ -16,6 +16,7 @@ files are replaced). Temporary files a kill leaves behind are removed when the r
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -241,7 +242,7 @@ class RunStore:
         self._stream("scores", SCORES, self.path / "scores.parquet")
         fault_point("finalize")
         self._stream("curves", CURVES, self.path / "curves.parquet")
-        needed = [*_GROUP, "value", "higher_is_better", "status", "message"]
+        needed = [*_GROUP, "replica", "sample_id", "value", "higher_is_better", "status", "message"]
         summary = summarize(
             pq.read_table(self.path / "scores.parquet", columns=needed).to_pandas(), seed=seed
         )
@@ -254,17 +255,33 @@ class RunStore:
 
 
 def summarize(scores: pd.DataFrame, *, seed: int) -> pd.DataFrame:
-    """Mean, 95% bootstrap CI, std and counts per (dataset, model, method, metric, variant).
+    """Mean, 95% bootstrap CI, std and counts per (dataset, model, method, metric, variant),
+    and the spread across the model's replicas.
+
+    Two sources of variation are reported apart. Over the **samples**: each sample's value (with
+    replicas, its mean over the replicas that scored it) gives the mean, its percentile bootstrap
+    CI, ``std`` and ``n``. Over **training seeds**: each replica's mean over its samples gives
+    ``replica_std`` (ddof 1), ``replica_min`` and ``replica_max``; a CI over samples says nothing
+    of how a finding would move with another training run (or another CPU's float kernels, which
+    train other weights), the replica spread does. Without replicas the per-sample values are the
+    values themselves, and ``replica_std`` is NaN.
 
     NaN values (metric undefined for a sample) are counted in ``n_nan`` and left out of the mean.
     Each group's bootstrap draws from a seed derived from the suite seed and the group's key, so
     summaries are reproducible and independent of group order.
     """
+    if "replica" not in scores.columns:  # a run stored before replicas existed
+        scores = scores.assign(replica=0)
     rows = []
     for key, g in scores.groupby(_GROUP, sort=False, dropna=False):
         ok = g[g["status"] == "ok"]
         v = ok["value"].to_numpy(dtype=np.float64)
-        finite = v[np.isfinite(v)]
+        scored = ok[np.isfinite(v)]
+        if "sample_id" in scored.columns:
+            finite = scored.groupby("sample_id", sort=False)["value"].mean().to_numpy()
+        else:
+            finite = scored["value"].to_numpy(dtype=np.float64)
+        by_replica = scored.groupby("replica")["value"].mean().to_numpy(dtype=np.float64)
         low, high = bootstrap_ci(finite, seed=derive_seed(seed, "summary", *key))
         bad = g[g["status"] != "ok"]
         status = "ok" if len(ok) else (bad["status"].iloc[0] if len(bad) else "ok")
@@ -278,7 +295,11 @@ def summarize(scores: pd.DataFrame, *, seed: int) -> pd.DataFrame:
                 "ci_high": high,
                 "std": float(finite.std(ddof=1)) if finite.size > 1 else float("nan"),
                 "n": int(finite.size),
-                "n_nan": int(v.size - finite.size),
+                "n_nan": int(v.size - len(scored)),
+                "replicas": int(by_replica.size),
+                "replica_std": float(by_replica.std(ddof=1)) if by_replica.size > 1 else math.nan,
+                "replica_min": float(by_replica.min()) if by_replica.size else math.nan,
+                "replica_max": float(by_replica.max()) if by_replica.size else math.nan,
                 "higher_is_better": bool(g["higher_is_better"].iloc[0]),
                 "status": status,
                 "message": bad["message"].iloc[0] if len(bad) else None,

@@ -18,6 +18,14 @@ A suite is a YAML mapping::
 Each component is a bare registry name or a one-key mapping ``{name: {params}}``. Parameters are
 checked against the component's signature (``benchbox.params``); defaults are filled in, and the
 resolved suite is what the manifest records and hashes.
+
+A model that benchbox trains may take ``replicas: N`` beside its parameters
+(``{cnn_gap: {replicas: 3}}``): N independently trained copies. Replica ``r`` is built with
+``train_seed`` raised by ``r``, so replica 0 is the model the suite names and replica ``r`` is the
+model that ``repeatability``'s ``train_seed=r`` rebuilds (its initialisation and shuffling seed
+derives from the suite seed and ``r``). ``Suite.models`` lists one spec per replica, with the
+parameters as written; each row of the results says which replica (the ``replica`` column) and
+the summary reports the spread across them.
 """
 
 from __future__ import annotations
@@ -41,6 +49,8 @@ _SUITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _DEVICE = re.compile(r"^(cpu|auto|cuda(:\d+)?)$")
 _SECTIONS = ("datasets", "models", "methods", "metrics")
 _BUILT_AT_VALIDATION = ("methods", "metrics")
+# One replica trains one more model: a bound that keeps a typo (300 for 3) from costing hours.
+MAX_REPLICAS = 32
 _FIELDS = (
     "name",
     "version",
@@ -64,16 +74,30 @@ class ComponentSpec:
     cls: type
     path: str  # YAML path, e.g. "methods[1]"
     needs: frozenset[Any] = frozenset()  # of the configured instance (methods and metrics)
+    replica: int = 0  # models: which of the ``replicas`` independently trained copies
+    replicas: int = 1
 
     @property
     def params_json(self) -> str:
         return canonical_json(self.params)
 
-    def build(self) -> Any:
-        return self.cls(**self.params)
+    @property
+    def label(self) -> str:
+        """The name, with the replica when there are several (``cnn_gap#1``)."""
+        return self.name if self.replicas == 1 else f"{self.name}#{self.replica}"
+
+    def build(self, **overrides: Any) -> Any:
+        """The component; a model replica ``r`` > 0 gets ``train_seed + r``, under ``overrides``."""
+        params = dict(self.params)
+        if self.replica:
+            params["train_seed"] += self.replica
+        return self.cls(**{**params, **overrides})
 
     def resolved(self) -> dict[str, Any]:
-        return {self.name: self.params}
+        """``{name: params}`` as the suite gave them, ``replicas`` included when > 1."""
+        if self.replicas == 1:
+            return {self.name: self.params}
+        return {self.name: {**self.params, "replicas": self.replicas}}
 
 
 @dataclass
@@ -103,7 +127,8 @@ class Suite:
             "batch_size": self.batch_size,
             "limit": self.limit,
             "target": self.target,
-            **{s: [c.resolved() for c in getattr(self, s)] for s in _SECTIONS},
+            # replica 0 stands for its model: the suite as written, not its expansion
+            **{s: [c.resolved() for c in getattr(self, s) if c.replica == 0] for s in _SECTIONS},
         }
 
     @property
@@ -236,6 +261,10 @@ def _parse_section(data: dict[str, Any], section: str, problems: list[str]) -> l
         if not isinstance(name, str):
             problems.append(f"{path}: expected a {reg.kind} name, got {name!r}")
             continue
+        replicas = 1
+        if section == "models" and "replicas" in params:
+            params = dict(params)
+            replicas = _replicas(params.pop("replicas"), f"{path}.{name}.replicas", problems)
         try:
             cls = reg.get(name)
         except UserError as exc:
@@ -263,5 +292,22 @@ def _parse_section(data: dict[str, Any], section: str, problems: list[str]) -> l
                 continue
             resolved = instance.resolved_params(resolved)
             needs = instance.requirements()
-        specs.append(ComponentSpec(section, name, resolved, cls, path, needs))
+        if replicas > 1 and "train_seed" not in resolved:
+            problems.append(
+                f"{path}.{name}.replicas: {name} is not trained by benchbox (it has no "
+                f"train_seed), so it has no replicas; remove replicas, or list each trained "
+                f"copy as a model of its own"
+            )
+            continue
+        specs += [
+            ComponentSpec(section, name, resolved, cls, path, needs, replica=r, replicas=replicas)
+            for r in range(replicas)
+        ]
     return specs
+
+
+def _replicas(value: Any, path: str, problems: list[str]) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_REPLICAS:
+        problems.append(f"{path}: expected an integer from 1 to {MAX_REPLICAS}, got {value!r}")
+        return 1
+    return value

@@ -74,6 +74,7 @@ def make_run(
             "dataset_params": "{}",
             "model": "m",
             "model_params": "{}",
+            "replica": 0,
             "method": method,
             "method_params": json.dumps(params.get(method, {}), sort_keys=True),
             "metric": metric,

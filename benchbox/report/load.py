@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import UserError
+from ..stats import replica_means
 from ..store import read_summary
 from .groups import (
     GROUPS,
@@ -98,6 +99,16 @@ class RunData:
     def diagnostics(self) -> set[tuple[str, str]]:
         keys = set(zip(self.summary["metric"], self.summary["variant"], strict=True))
         return diagnostic_variants(sorted(keys))
+
+    def per_sample(self) -> pd.DataFrame:
+        """The ok rows with one value per sample and output: with replicas, the mean over the
+        replicas (``stats.replica_means``); what the rank and paired tests take as blocks."""
+        s = self.scores
+        if "replica" not in s.columns or s["replica"].nunique() <= 1:
+            return s
+        ok = s[(s["status"] == "ok") & s["sample_id"].notna()]
+        by = ["dataset", "model", "method", "metric", "variant", "higher_is_better", "status"]
+        return replica_means(ok, by)
 
     def pair_scores(self, pair: tuple[str, str]) -> pd.DataFrame:
         d, m = pair

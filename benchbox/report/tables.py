@@ -5,6 +5,9 @@ Per (dataset, model) pair:
 - ``means``: mean ± half-width of the 95% percentile bootstrap CI (from ``summary.csv``) per
   method × metric output, columns grouped by element of interpretability (``groups``), an arrow
   for the direction (↑ higher is better, ↓ lower), the best mean per column in bold;
+- ``replicas`` (a model trained several times): per method × output, the standard deviation of
+  the replicas' means and their range, the spread across training seeds that a CI over samples
+  does not show;
 - ``ranks``: mean rank over the samples per metric output (``stats.mean_ranks``; 1 = best) and
   the mean of those ranks across outputs;
 - ``wilcoxon``: every pair of methods per output, Wilcoxon signed-rank p and Holm-adjusted p
@@ -284,18 +287,67 @@ def means_table(run: RunData, pair: tuple[str, str]) -> Table | None:
             text = "—" if r is None else fmt_ci(r["mean"], r["ci_low"], r["ci_high"])
             grid[i].append(Cell(text, i in best))
     d, m = pair
+    n = _replicas(run, pair)
+    pooled = (
+        f" Each sample's value is its mean over the model's {n} replicas; their spread is in "
+        f"the replicas table."
+        if n > 1
+        else ""
+    )
     return Table(
         kind="means",
         title=f"Mean ± 95% CI — {d} / {m}",
         caption=(
             f"{run.suite}: {d} / {m}. Mean over the test samples ± half the width of the 95% "
             f"percentile bootstrap CI (summary.csv). ↑ higher is better, ↓ lower is better; best "
-            f"per column in bold; diag. = diagnostic output, not ranked."
+            f"per column in bold; diag. = diagnostic output, not ranked.{pooled}"
         ),
         columns=["method", *(_head(o) for o in outs)],
         rows=grid,
         spans=_spans(outs),
         label=f"tab:means-{_slug(d)}-{_slug(m)}",
+        pair=pair,
+    )
+
+
+def _replicas(run: RunData, pair: tuple[str, str]) -> int:
+    s = run.summary
+    if "replicas" not in s.columns:
+        return 1
+    sel = s[(s["dataset"] == pair[0]) & (s["model"] == pair[1])]["replicas"]
+    return int(sel.max()) if sel.notna().any() else 1
+
+
+def replicas_table(run: RunData, pair: tuple[str, str]) -> Table | None:
+    n = _replicas(run, pair)
+    outs = run.outputs(pair)
+    methods = run.methods(pair)
+    if n < 2 or not outs or not methods:
+        return None
+    grid: list[list[Cell]] = [[Cell(m)] for m in methods]
+    for o in outs:
+        for i, m in enumerate(methods):
+            r = run.summary_row(pair, m, o)
+            if r is None or not np.isfinite(r["replica_std"]):
+                grid[i].append(Cell("—"))
+                continue
+            d = _decimals(float(r["replica_std"]))
+            lo, hi = fmt_num(r["replica_min"], d), fmt_num(r["replica_max"], d)
+            grid[i].append(Cell(f"{r['replica_std']:.{d}f} ({lo}–{hi})"))
+    d_name, m_name = pair
+    return Table(
+        kind="replicas",
+        title=f"Spread across {n} training replicas — {d_name} / {m_name}",
+        caption=(
+            f"{run.suite}: {d_name} / {m_name}, trained {n} times (replicas: independent "
+            f"initialisation and shuffling). Standard deviation of the replicas' means, and the "
+            f"lowest–highest replica mean. A difference between methods smaller than this "
+            f"spread may not survive another training run, or another CPU."
+        ),
+        columns=["method", *(_head(o) for o in outs)],
+        rows=grid,
+        spans=_spans(outs),
+        label=f"tab:replicas-{_slug(d_name)}-{_slug(m_name)}",
         pair=pair,
     )
 
@@ -470,19 +522,22 @@ class Stats:
 
 def compute_stats(run: RunData) -> Stats:
     skip = run.diagnostics()
+    scores = run.per_sample()
     return Stats(
-        ranks=stats.mean_ranks(run.scores, skip=skip),
-        wilcoxon=stats.pairwise_wilcoxon(run.scores, skip=skip),
-        friedman=stats.friedman_tests(run.scores, skip=skip),
+        ranks=stats.mean_ranks(scores, skip=skip),
+        wilcoxon=stats.pairwise_wilcoxon(scores, skip=skip),
+        friedman=stats.friedman_tests(scores, skip=skip),
     )
 
 
 def build_tables(run: RunData, st: Stats) -> list[Table]:
-    """Every table the run allows: per pair means, ranks, wilcoxon, friedman; then problems."""
+    """Every table the run allows: per pair means, replicas, ranks, wilcoxon, friedman; then
+    problems."""
     tables: list[Table | None] = []
     for pair in run.pairs():
         tables += [
             means_table(run, pair),
+            replicas_table(run, pair),
             ranks_table(run, pair, st.ranks),
             wilcoxon_table(run, pair, st.wilcoxon),
             friedman_table(run, pair, st.friedman),
