@@ -199,7 +199,9 @@ def cache_clear(kind: str | None = None, root: Path | None = None) -> tuple[int,
         if not d.is_dir():
             continue
         for f in d.iterdir():
-            if f.is_file():
+            # a lock file may be held by a process training that model: removing it would let
+            # a second process lock a new file of the same name
+            if f.is_file() and f.suffix != ".lock":
                 size += f.stat().st_size
                 f.unlink(missing_ok=True)
                 n += 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -196,6 +197,31 @@ def test_second_build_hits_the_cache(
     same = {k: v for k, v in first.info.items() if k != "from_cache"}
     assert {k: v for k, v in second.info.items() if k != "from_cache"} == same
     assert not any(m.training for m in second.module.modules())
+
+
+def _build_after(cache: str, barrier: Any) -> bool:
+    """In a fresh process: wait for the other one, then build the small model; from the cache?"""
+    os.environ["BENCHBOX_CACHE"] = cache
+    torch.set_num_threads(1)
+    ds = SyntheticLesions2D(**SMALL_DATA)
+    barrier.wait()
+    return bool(build(ds).info["from_cache"])
+
+
+def test_two_processes_train_one_model_once(tmp_path: Path) -> None:
+    """Two processes that need the same untrained model at once (two runs, Dask or pytest
+    workers): the cache's file lock lets one train it while the other waits and loads it."""
+    import concurrent.futures
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Manager() as manager:
+        barrier = manager.Barrier(2)
+        with concurrent.futures.ProcessPoolExecutor(2, mp_context=ctx) as pool:
+            jobs = [pool.submit(_build_after, str(tmp_path), barrier) for _ in range(2)]
+            from_cache = sorted(j.result(timeout=300) for j in jobs)
+    assert from_cache == [False, True]
+    assert len(list((tmp_path / "models").glob("*.pt"))) == 1
 
 
 def test_cache_key_depends_on_what_determines_the_weights(

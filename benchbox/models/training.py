@@ -34,11 +34,13 @@ import time
 import zipfile
 from abc import abstractmethod
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
+from filelock import FileLock
 from pydantic import Field
 from torch import Tensor, nn
 
@@ -416,6 +418,16 @@ class ModelCache:
     def paths(self, key: str) -> tuple[Path, Path]:
         return self.dir / f"{key}.pt", self.dir / f"{key}.json"
 
+    def lock(self, key: str) -> AbstractContextManager[object]:
+        """An exclusive lock on ``key`` across processes (an OS file lock, released if its holder
+        dies): two runs, Dask workers or test workers that need the same untrained model train it
+        once, the others wait and load it. No lock where the cache cannot be written."""
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            return nullcontext()
+        return FileLock(self.dir / f".{key}.lock")
+
     def load(self, key: str, module: nn.Module) -> dict[str, Any] | None:
         """Load the weights into ``module`` and return the facts; None on a miss or bad entry."""
         weights, facts = self.paths(key)
@@ -477,13 +489,16 @@ def cached_fit(
     """
     cache = cache if cache is not None else ModelCache()
     info = cache.load(key, module)
-    if info is not None:
-        module.eval()
-        return {**info, "cache_key": key, "from_cache": True}
-    facts = {**fit(module), "cache_key": key}
-    cache.save(key, module, facts)
+    if info is None:
+        with cache.lock(key):  # another process may be fitting it: wait, then look again
+            info = cache.load(key, module)
+            if info is None:
+                facts = {**fit(module), "cache_key": key}
+                cache.save(key, module, facts)
+                module.eval()
+                return {**facts, "from_cache": False}
     module.eval()
-    return {**facts, "from_cache": False}
+    return {**info, "cache_key": key, "from_cache": True}
 
 
 # -- the built-in classifiers' common part ---------------------------------------------------------
