@@ -50,7 +50,7 @@ def plant(run: Path, dest: Path, *, victim: str, donor: str) -> Path:
     (as if the method had been swapped for the donor), with its summary recomputed."""
     shutil.copytree(run, dest)
     scores = pd.read_parquet(dest / "scores.parquet")
-    key = ["dataset", "model", "metric", "variant", "sample_id"]
+    key = ["dataset", "model", "replica", "metric", "variant", "sample_id"]
     donor_values = scores[scores["method"] == donor].set_index(key)["value"]
     victim_rows = scores["method"] == victim
     idx = pd.MultiIndex.from_frame(scores.loc[victim_rows, key])
@@ -87,17 +87,23 @@ def test_planted_regression_grad_cam_swapped_for_random(
     c = compare(BASELINE, planted)
     assert c.regressed and c.exit_code == 1
     regressed = set(zip(c.regressions["method"], c.regressions["metric"], strict=True))
-    # Random maps miss the lesion, are dense, and remove the evidence more slowly (deletion).
-    assert regressed == {
+    # Random maps miss the lesion and are dense: those rows regress on any training run.
+    clear = {
         ("grad_cam", "pointing_game"),
         ("grad_cam", "relevance_mass"),
         ("grad_cam", "sparseness"),
-        ("grad_cam", "deletion"),
     }
+    assert clear <= regressed <= clear | {("grad_cam", "deletion")}
+    # They also remove the evidence more slowly (deletion), but by little: with the replicas'
+    # means the drop is 0.04 at Holm p 0.33 here (one replica alone had made it significant), so
+    # whether it passes the gate depends on the training run; it must be worse, not better.
+    deletion = c.table[(c.table["method"] == "grad_cam") & (c.table["metric"] == "deletion")]
+    assert deletion["verdict"].iloc[0] in ("regressed", "worse (not significant)")
     md = c.to_markdown()
-    assert md.startswith("## ❌ 4 regressions\n")
+    assert md.startswith(f"## ❌ {len(regressed)} regressions\n")
     rows = [ln for ln in md.splitlines() if ln.startswith("| grad_cam |")]
-    assert len(rows) >= 4 and all("❌ regressed" in r for r in rows[:4])
+    assert len(rows) >= 3 and all("❌ regressed" in r for r in rows[: len(regressed)])
+    assert "The model was trained 3 times (replicas)" in md
 
 
 @pytest.mark.slow
