@@ -23,14 +23,14 @@ from benchbox.suite import parse_suite
 from tests.fakes import tiny_suite
 
 ROOT = Path(__file__).parents[1]
-KEY = ["dataset", "model", "method", "metric", "variant", "sample_id"]
+KEY = ["dataset", "model", "replica", "method", "metric", "variant", "sample_id"]
 
-# 2 models × 3 methods = 6 jobs of 3 batches; cnn_gap trains once (weight cache), curves from
-# TwoWay and deletion.
+# 3 models (cnn_gap's two replicas, TinyModel) × 3 methods = 9 jobs of 3 batches; each replica
+# trains once (weight cache), curves from TwoWay and deletion.
 SUITE = tiny_suite(
     name="resumable",
     datasets=[{"tests.fakes:TinyData": {"n": 12}}],
-    models=[{"cnn_gap": {"width": 4, "epochs": 1}}, "tests.fakes:TinyModel"],
+    models=[{"cnn_gap": {"width": 4, "epochs": 1, "replicas": 2}}, "tests.fakes:TinyModel"],
     methods=["saliency", {"integrated_gradients": {"steps": 4}}, "random"],
     metrics=["tests.fakes:MaskMass", "tests.fakes:TwoWay", {"deletion": {"steps": 4}}],
 )
@@ -97,7 +97,7 @@ def test_killed_runs_resume_to_the_uninterrupted_rows(
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     ref_scores, ref_curves = _comparable(reference.scores), _comparable(reference.curves)
-    assert len(ref_scores) == 6 * 4 * 12  # 6 jobs × (MaskMass, TwoWay ×2, deletion) × 12
+    assert len(ref_scores) == 9 * 4 * 12  # 9 jobs × (MaskMass, TwoWay ×2, deletion) × 12
     assert not ref_scores.duplicated(KEY).any()
     folders = _killed_runs(env, tmp_path)
 
@@ -125,8 +125,12 @@ def test_killed_runs_resume_to_the_uninterrupted_rows(
             "summary.csv",
         ], kill
         pd.testing.assert_frame_equal(res.summary, reference.summary, check_exact=True)
-        assert [j["index"] for j in res.manifest["jobs"]] == list(range(6)), kill
-        assert len(res.manifest["models"]) == 2, kill
+        assert [j["index"] for j in res.manifest["jobs"]] == list(range(9)), kill
+        assert [(m["model"], m["replica"]) for m in res.manifest["models"]] == [
+            ("cnn_gap", 0),
+            ("cnn_gap", 1),
+            ("tests.fakes:TinyModel", 0),
+        ], kill
 
 
 def test_resuming_a_finalized_run_is_a_no_op(reference) -> None:
