@@ -6,6 +6,12 @@ stderr holds exactly one ``error:`` line with the expected text (``SuiteError`` 
 on its own indented line after the head line), and that no traceback was printed. Exit codes, as
 the README documents them: 0 ok, 1 a job failed, 2 a usage or input error.
 
+Every case also checks that a mistake never costs results already computed: good runs are made
+once per module (the ``earlier`` fixture), each case writes its own output under the same
+results root, and afterwards every file of the earlier run is byte-identical and (exit 2) no new
+run folder exists. A case that fails at run time (exit 1, ``rows``) asserts the message of the
+new run's error rows instead.
+
 A case that the runner must *record* rather than refuse (NaN in the data, the model's outputs or
 the attributions; an empty mask; an all-zero map) is asserted on the stored rows instead: the run
 completes, the row says ``status="error"`` or a NaN value, and ``message`` gives the reason.
@@ -55,23 +61,89 @@ def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, *ar
     return Outcome(code if isinstance(code, int) else 0, captured.out, captured.err)
 
 
+# -- an earlier good run, which no bad input may touch ------------------------------------------
+
+
+def _snapshot(run_dir: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(run_dir)): p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+
+
+def _run_dirs(root: Path) -> set[Path]:
+    return {p for p in root.glob("*/*") if p.is_dir()}
+
+
+@dataclass
+class Earlier:
+    """The results root every case writes under, and the good runs already in it."""
+
+    root: Path
+    run: Path  # a finished run of tiny_suite()
+    other: Path  # a finished run of another suite (name: other)
+    snapshot: dict[str, bytes]
+
+
+def _cli_run(*args: str) -> int:
+    from benchbox.cli import main
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sys, "argv", ["benchbox", *args])
+        with pytest.raises(SystemExit) as exc:
+            main()
+    code = exc.value.code
+    return code if isinstance(code, int) else 0
+
+
+@pytest.fixture(scope="module")
+def earlier(tmp_path_factory: pytest.TempPathFactory) -> Earlier:
+    """Good runs made once per module; each case puts its own output under the same root."""
+    base = tmp_path_factory.mktemp("earlier")
+    root = base / "results"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BENCHBOX_CACHE", str(base / "cache"))
+        for name, suite in (
+            ("tiny", tiny_suite(output=str(root))),
+            ("other", tiny_suite(name="other", methods=["tests.fakes:Grad"], output=str(root))),
+        ):
+            path = base / f"{name}.yaml"
+            path.write_text(yaml.safe_dump(suite, sort_keys=False))
+            assert _cli_run("run", str(path)) == 0
+    (run,) = (root / "tiny").iterdir()
+    (other,) = (root / "other").iterdir()
+    return Earlier(root, run, other, _snapshot(run))
+
+
 # -- the corpus ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Ctx:
+    """What a case's command line may name: its folder, its suite file, the earlier runs."""
+
+    tmp: Path
+    suite: Path
+    earlier: Earlier
 
 
 @dataclass
 class Case:
     """``suite``: the YAML text (``{tmp}`` is replaced by the case's folder) or a dict
     (overrides of ``tiny_suite``); ``files``: extra files to create first; ``command``:
-    ``validate`` or ``run``; ``expected``: a substring of the error output."""
+    ``validate`` or ``run`` (``argv`` gives the whole command line instead); ``expected``: a
+    substring of the error output, or with ``rows`` (exit 1: a run-time failure) of the
+    messages of the new run's error rows; ``starts``: what the error line starts with
+    (default: the suite file)."""
 
     id: str
-    suite: str | dict[str, Any] | None
+    suite: str | dict[str, Any] | bytes | None
     expected: str
     command: str = "validate"
     code: int = 2
     files: Callable[[Path], None] | None = None
     extra_args: tuple[str, ...] = ()
     problems: int = field(default=1)
+    argv: Callable[[Ctx], list[str]] | None = None
+    starts: Callable[[Ctx], str] | None = None
+    rows: bool = False
 
 
 def _images(tmp: Path, *, rows: list[str], mask_shape: tuple[int, int] = (8, 8)) -> None:
@@ -198,6 +270,7 @@ CASES = [
         "'cuda' requested but no CUDA device",
         "run",
         extra_args=("--device", "cuda"),
+        starts=lambda c: "--device",
     ),
     Case("suite-asks-cuda", {"device": "cuda"}, "'cuda' requested but no CUDA device", "run"),
     # -- data files
@@ -278,35 +351,57 @@ CASES = [
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input(
-    case: Case, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    case: Case,
+    earlier: Earlier,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("BENCHBOX_CACHE", str(tmp_path / "cache"))
     if case.files is not None:
         case.files(tmp_path)
     path = tmp_path / "suite.yaml"
     if isinstance(case.suite, dict):
-        suite = tiny_suite(output=str(tmp_path / "out"), **case.suite)
+        suite = tiny_suite(output=str(earlier.root), **case.suite)
         suite = {k: v for k, v in suite.items() if v is not None or k == "name"}
         path.write_text(yaml.safe_dump(suite, sort_keys=False))
+    elif isinstance(case.suite, bytes):
+        path.write_bytes(case.suite)
     elif isinstance(case.suite, str):
         path.write_text(case.suite.replace("{tmp}", str(tmp_path)))
-    if case.command == "run" and case.suite is not None:
-        args: tuple[str, ...] = ("run", str(path), "--output", str(tmp_path / "out"))
+    ctx = Ctx(tmp_path, path, earlier)
+    if case.argv is not None:
+        args: tuple[str, ...] = tuple(case.argv(ctx))
+    elif case.command == "run" and case.suite is not None:
+        args = ("run", str(path), "--output", str(earlier.root))
     else:
         args = (case.command, str(path))
+    runs_before = _run_dirs(earlier.root)
     r = cli(capsys, monkeypatch, *args, *case.extra_args)
     assert r.code == case.code, r.err
     assert "Traceback" not in r.err + r.out
+    # Whatever happened, the earlier run is exactly as it was.
+    assert _snapshot(earlier.run) == earlier.snapshot
+    new_runs = _run_dirs(earlier.root) - runs_before
+    if case.rows:  # a run-time failure: the run finished, its error rows say why
+        assert case.code == 1
+        (new_run,) = new_runs
+        scores = pd.read_parquet(new_run / "scores.parquet")
+        errors = scores[scores["status"] == "error"]
+        assert len(errors), scores
+        assert errors["message"].str.contains(case.expected, regex=False).all(), set(
+            errors["message"]
+        )
+        assert "some jobs failed" in r.err
+        return
     assert len(r.error_lines) == 1, r.err
-    assert r.error_lines[0].startswith(f"error: {path}") or r.error_lines[0].startswith(
-        "error: --device"
-    ), r.err
+    start = case.starts(ctx) if case.starts is not None else str(path)
+    assert r.error_lines[0].startswith(f"error: {start}"), r.err
     assert case.expected in r.err, r.err
     problems = [ln for ln in r.err.splitlines() if ln.startswith("  ")]
     if case.problems > 1 or problems:
         assert len(problems) == case.problems, r.err
-    if case.command == "run":  # refused before any work: no run folder was created
-        assert not list((tmp_path / "out").rglob("manifest.json"))
+    assert not new_runs  # refused before any work: no run folder was created
 
 
 def test_corpus_is_large_enough() -> None:
