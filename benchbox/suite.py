@@ -29,11 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from . import registry
 from .errors import SuiteError, UserError
 from .params import canonical_json, validate_params
+from .safe_yaml import read_yaml_file
 
 __all__ = ["ComponentSpec", "Suite", "load_suite", "parse_suite"]
 
@@ -120,17 +119,7 @@ def load_suite(path: str | Path) -> Suite:
         raise UserError(f"{p}: suite file not found; check the path (e.g. suites/quickstart.yaml)")
     if p.is_dir():
         raise UserError(f"{p}: is a directory; give the path of a suite .yaml file")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{p}: cannot read the suite file: {exc}") from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{p}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(p)
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise UserError(f"{where}: invalid YAML: {problem}; fix the syntax at that line") from None
+    data = read_yaml_file(p)
     return parse_suite(data, source=str(p))
 
 

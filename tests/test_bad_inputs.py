@@ -20,6 +20,7 @@ completes, the row says ``status="error"`` or a NaN value, and ``message`` gives
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,6 +145,29 @@ class Case:
     argv: Callable[[Ctx], list[str]] | None = None
     starts: Callable[[Ctx], str] | None = None
     rows: bool = False
+    fast: bool = False  # refused in well under a second (alias bombs, deep nesting)
+
+
+_BASE = (
+    "name: x\n"
+    "datasets: [synthetic_lesions_2d]\n"
+    "models: [cnn_gap]\n"
+    "methods: [saliency]\n"
+    "metrics: [sparseness]\n"
+)
+# "Billion laughs": nine levels of nine aliases each; the file is 1 KiB, its expansion 10^9.
+_LAUGHS = '&l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]'
+_BOMB = (
+    "bomb:\n  - "
+    + _LAUGHS
+    + "\n"
+    + "".join(f"  - &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]\n" for i in range(1, 9))
+)
+
+
+def _bombed(suite: str) -> str:
+    """``suite`` after the bomb's anchors (under an unknown field, refused long before)."""
+    return _BOMB.replace("bomb:", "anchors:") + suite
 
 
 def _images(tmp: Path, *, rows: list[str], mask_shape: tuple[int, int] = (8, 8)) -> None:
@@ -189,6 +213,79 @@ CASES = [
     ),
     Case("empty-file", "", "<top level>: expected a mapping of suite fields, got empty"),
     Case("python-tag", "name: !!python/object/apply:os.system ['true']\n", "invalid YAML"),
+    Case(
+        "duplicate-top-level-key",
+        _BASE + "methods: [grad_cam]\n",
+        "methods: duplicate key 'methods' (first on line 4, again on line 6)",
+    ),
+    Case(
+        "duplicate-key-in-params",
+        _BASE.replace("[saliency]", "[{integrated_gradients: {steps: 8, steps: 16}}]"),
+        "methods[0].integrated_gradients.steps: duplicate key 'steps'",
+    ),
+    Case(
+        "duplicate-key-deep-in-kwargs",
+        _BASE.replace(
+            "[cnn_gap]",
+            "\n  - user_model:\n      module: tests.fakes:_Net\n      kwargs:\n"
+            "        a: 1\n        a: 2\n",
+        ),
+        "models[0].user_model.kwargs.a: duplicate key 'a' (first on line 7, again on line 8)",
+    ),
+    Case(
+        "duplicate-keys-all-reported",
+        "name: x\nname: y\nseed: 1\nseed: 2\n",
+        "seed: duplicate key 'seed'",
+        problems=2,
+    ),
+    Case(
+        "alias-bomb-in-version",
+        _bombed(_BASE + "version: *l8\n"),
+        "expands to more than 1,000,000 nodes",
+        fast=True,
+    ),
+    Case(
+        "alias-bomb-in-method-param",
+        _bombed(_BASE.replace("[saliency]", "[{integrated_gradients: {steps: *l8}}]")),
+        "expands to more than 1,000,000 nodes",
+        fast=True,
+    ),
+    Case(
+        "alias-bomb-in-user-model-kwargs",
+        _bombed(
+            _BASE.replace("[cnn_gap]", "[{user_model: {module: 'tests.fakes:_Net', kwargs: *l8}}]")
+        ),
+        "expands to more than 1,000,000 nodes",
+        fast=True,
+    ),
+    Case(
+        "recursive-alias",
+        _BASE + "version: &v [1, *v]\n",
+        "refers to itself",
+        fast=True,
+    ),
+    Case(
+        "deep-flow-sequence",
+        _BASE + "version: " + "[" * 50_000 + "]" * 50_000 + "\n",
+        "nests deeper than 64 levels",
+        fast=True,
+    ),
+    Case(
+        "deep-through-alias-chain",
+        _BASE
+        + "chain:\n  - &c0 [1]\n"
+        + "".join(f"  - &c{i} [*c{i - 1}]\n" for i in range(1, 100)),
+        "nests deeper than 64 levels (through its aliases)",
+        fast=True,
+    ),
+    Case("non-utf8-suite", _BASE.encode() + b"version: caf\xe9\n", "is not UTF-8", fast=True),
+    Case("two-documents", _BASE + "---\n" + _BASE, "invalid YAML"),
+    Case(
+        "huge-suite-file",
+        _BASE + "#" + "x" * (1 << 20) + "\n",
+        "a suite is a small YAML file (at most 1 MiB)",
+        fast=True,
+    ),
     # -- top-level fields
     Case("unknown-field", {"metrcs": ["x"]}, "metrcs: unknown field; did you mean 'metrics'?"),
     Case("missing-name", {"name": None}, "name: expected a name of letters, digits"),
@@ -377,7 +474,11 @@ def test_bad_input(
     else:
         args = (case.command, str(path))
     runs_before = _run_dirs(earlier.root)
+    started = time.perf_counter()
     r = cli(capsys, monkeypatch, *args, *case.extra_args)
+    elapsed = time.perf_counter() - started
+    if case.fast:
+        assert elapsed < 1.0, f"took {elapsed:.2f} s"
     assert r.code == case.code, r.err
     assert "Traceback" not in r.err + r.out
     # Whatever happened, the earlier run is exactly as it was.
