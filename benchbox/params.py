@@ -4,6 +4,13 @@ A component declares its parameters once, as keyword-only arguments with type hi
 (``steps: PositiveInt = 100``). From that signature we build a pydantic model, so the suite reports
 ``metrics[1].deletion.steps: expected an integer > 0, got -1`` without a second schema to keep in
 sync. Resolved parameters (defaults filled in) are what the results record as ``*_params``.
+
+Types are strict: a suite's values are checked as the JSON they are (YAML gives strings, numbers,
+booleans, null, lists and mappings), so ``steps: '8'`` is an error, not a silent ``8``; a list is
+accepted where the signature says ``tuple`` and an integer where it says ``float`` (JSON has no
+tuples and no separate integer type), but nothing else is coerced. NaN and infinity are refused
+in ``float`` parameters, parameter names (and the keys of any mapping inside a value) must be
+strings, and values of other YAML types (dates, ``!!binary``, ``!!set``) are refused.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import json
+import reprlib
 import typing
 from functools import cache
 from typing import Any
@@ -22,6 +30,7 @@ __all__ = [
     "canonical_json",
     "format_pydantic_error",
     "parameter_defaults",
+    "shown",
     "validate_params",
 ]
 
@@ -39,9 +48,29 @@ def _params_model(cls: type) -> type[pydantic.BaseModel]:
             fields[p.name] = (hints.get(p.name, Any), default)
     return create_model(
         f"{cls.__name__}Params",
-        __config__=ConfigDict(extra="forbid", arbitrary_types_allowed=True),
+        __config__=ConfigDict(
+            extra="forbid", arbitrary_types_allowed=True, strict=True, allow_inf_nan=False
+        ),
         **fields,
     )
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = 60
+_SHORT.maxlong = 40
+_SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxdict = 6
+_SHORT.maxlevel = 3
+
+
+def _a(value: Any) -> str:
+    name = type(value).__name__
+    return f"{'an' if name[:1] in 'aeiou' else 'a'} {name}"
+
+
+def shown(value: Any) -> str:
+    """``repr(value)``, shortened to about a line: what messages show of a value the user gave
+    (a 10,000-item list or a 1 MB string must not become a 1 MB error line)."""
+    return _SHORT.repr(value)
 
 
 def _noun(annotation: Any) -> str:
@@ -62,7 +91,7 @@ def format_pydantic_error(err: Any, model: type[pydantic.BaseModel] | None, pref
     noun = _noun(field.annotation if field is not None else None)
     if field is not None and field.metadata:
         noun = _noun(typing.Annotated[(field.annotation, *field.metadata)])
-    got = f", got {value!r}"
+    got = f", got {shown(value)}"
     if kind == "extra_forbidden":
         known = list(model.model_fields) if model is not None else []
         close = difflib.get_close_matches(loc[-1], known, n=1)
@@ -86,6 +115,8 @@ def format_pydantic_error(err: Any, model: type[pydantic.BaseModel] | None, pref
         return f"{path}: expected an integer{got}"
     if kind in ("float_parsing", "float_type"):
         return f"{path}: expected a number{got}"
+    if kind == "finite_number":
+        return f"{path}: expected a finite number (not NaN or infinity){got}"
     if kind in ("bool_parsing", "bool_type"):
         return f"{path}: expected true or false{got}"
     if kind in ("string_type",):
@@ -93,13 +124,61 @@ def format_pydantic_error(err: Any, model: type[pydantic.BaseModel] | None, pref
     return f"{path}: {err['msg'][0].lower()}{err['msg'][1:]}{got}"
 
 
+def _plain_problem(value: Any, path: str, depth: int = 0) -> str | None:
+    """Why ``value`` is not plain JSON data (a string key, a JSON type at every level), or None.
+
+    The suite loader bounds the nesting; ``depth`` bounds it again for values given through the
+    Python API."""
+    if depth > 64:
+        return f"{path}: nested more than 64 levels deep; flatten it"
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return None
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            problem = _plain_problem(item, f"{path}[{i}]", depth + 1)
+            if problem:
+                return problem
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return (
+                    f"{path}: key {shown(key)} is {_a(key)}; keys must be strings "
+                    f"(quote it: '{key}')"
+                )
+            problem = _plain_problem(item, f"{path}.{key}", depth + 1)
+            if problem:
+                return problem
+        return None
+    return (
+        f"{path}: {_a(value)} ({shown(value)}) is not a suite value; write a "
+        f"string, a number, true/false, null, a list or a mapping"
+    )
+
+
 def validate_params(
     cls: type, params: dict[str, Any], prefix: str
 ) -> tuple[dict[str, Any], list[str]]:
-    """(resolved params with defaults, problems); ``prefix`` is the YAML path of the block."""
+    """(resolved params with defaults, problems); ``prefix`` is the YAML path of the block.
+
+    Strict: ``params`` is validated as the JSON it is (see the module docstring)."""
     model = _params_model(cls)
+    problems: list[str] = []
+    for key, value in params.items():
+        if not isinstance(key, str):
+            problems.append(
+                f"{prefix}: parameter name {shown(key)} is {_a(key)}; parameter "
+                f"names are strings (valid parameters: {', '.join(model.model_fields) or 'none'})"
+            )
+            continue
+        problem = _plain_problem(value, f"{prefix}.{key}")
+        if problem:
+            problems.append(problem)
+    if problems:
+        return {}, problems
     try:
-        resolved = model(**params)
+        text = json.dumps(params, allow_nan=True)
+        resolved = model.model_validate_json(text, strict=True)
     except pydantic.ValidationError as exc:
         return {}, [format_pydantic_error(e, model, prefix) for e in exc.errors()]
     return resolved.model_dump(mode="python"), []

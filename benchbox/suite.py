@@ -31,7 +31,7 @@ from typing import Any
 
 from . import registry
 from .errors import SuiteError, UserError
-from .params import canonical_json, validate_params
+from .params import canonical_json, shown, validate_params
 from .safe_yaml import read_yaml_file
 
 __all__ = ["ComponentSpec", "Suite", "load_suite", "parse_suite"]
@@ -134,17 +134,18 @@ def parse_suite(data: Any, *, source: str = "<suite>") -> Suite:
         if key not in _FIELDS:
             close = difflib.get_close_matches(str(key), _FIELDS, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
-            problems.append(f"{key}: unknown field; {hint}valid fields: {', '.join(_FIELDS)}")
+            label = key if isinstance(key, str) and len(key) <= 60 else shown(key)
+            problems.append(f"{label}: unknown field; {hint}valid fields: {', '.join(_FIELDS)}")
 
     name = data.get("name")
     if not isinstance(name, str) or not _SUITE_NAME.match(name):
         problems.append(
             f"name: expected a name of letters, digits, '_', '-', '.' (used as a folder), "
-            f"got {name!r}"
+            f"got {shown(name)}"
         )
     version = data.get("version", 1)
     if not isinstance(version, (int, str)) or isinstance(version, bool):
-        problems.append(f"version: expected an integer or a string, got {version!r}")
+        problems.append(f"version: expected an integer or a string, got {shown(version)}")
     seed = _int_field(data, "seed", 0, minimum=0, problems=problems)
     batch_size = _int_field(data, "batch_size", 64, minimum=1, problems=problems)
     limit = data.get("limit")
@@ -152,13 +153,13 @@ def parse_suite(data: Any, *, source: str = "<suite>") -> Suite:
         limit = _int_field(data, "limit", None, minimum=1, problems=problems)
     device = data.get("device", "cpu")
     if not isinstance(device, str) or not _DEVICE.match(device):
-        problems.append(f"device: expected one of cpu, cuda, cuda:N, auto, got {device!r}")
+        problems.append(f"device: expected one of cpu, cuda, cuda:N, auto, got {shown(device)}")
     target = data.get("target", "prediction")
     if target not in ("prediction", "label"):
-        problems.append(f"target: expected one of 'prediction', 'label', got {target!r}")
+        problems.append(f"target: expected one of 'prediction', 'label', got {shown(target)}")
     output = data.get("output", "results")
     if not isinstance(output, str) or not output:
-        problems.append(f"output: expected a directory path, got {output!r}")
+        problems.append(f"output: expected a directory path, got {shown(output)}")
 
     sections = {s: _parse_section(data, s, problems) for s in _SECTIONS}
 
@@ -185,7 +186,7 @@ def _int_field(
     value = data.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         bound = "> 0" if minimum == 1 else f">= {minimum}"
-        problems.append(f"{key}: expected an integer {bound}, got {value!r}")
+        problems.append(f"{key}: expected an integer {bound}, got {shown(value)}")
         return default
     return value
 
@@ -201,7 +202,7 @@ def _parse_section(data: dict[str, Any], section: str, problems: list[str]) -> l
     if isinstance(items, (str, dict)):
         items = [items]  # a single component is a list of one
     if not isinstance(items, list) or not items:
-        problems.append(f"{section}: expected a non-empty list of {reg.kind}s, got {items!r}")
+        problems.append(f"{section}: expected a non-empty list of {reg.kind}s, got {shown(items)}")
         return []
     specs: list[ComponentSpec] = []
     seen: dict[str, str] = {}
@@ -214,16 +215,18 @@ def _parse_section(data: dict[str, Any], section: str, problems: list[str]) -> l
             name, params = next(iter(item.items()))
             params = {} if params is None else params
             if not isinstance(params, dict):
-                problems.append(f"{path}.{name}: expected a mapping of parameters, got {params!r}")
+                problems.append(
+                    f"{path}.{name}: expected a mapping of parameters, got {shown(params)}"
+                )
                 continue
         else:
             problems.append(
                 f"{path}: expected a {reg.kind} name or a one-key mapping "
-                f"{{name: {{params}}}}, got {item!r}"
+                f"{{name: {{params}}}}, got {shown(item)}"
             )
             continue
         if not isinstance(name, str):
-            problems.append(f"{path}: expected a {reg.kind} name, got {name!r}")
+            problems.append(f"{path}: expected a {reg.kind} name, got {shown(name)}")
             continue
         try:
             cls = reg.get(name)

@@ -324,6 +324,54 @@ CASES = [
         "metrics[0].deletion.steps: expected an integer > 0, got -1",
     ),
     Case(
+        "param-string-for-int",
+        {"methods": [{"integrated_gradients": {"steps": "8"}}]},
+        "methods[0].integrated_gradients.steps: expected an integer, got '8'",
+    ),
+    Case(
+        "param-bool-for-int",
+        {"methods": [{"integrated_gradients": {"steps": True}}]},
+        "methods[0].integrated_gradients.steps: expected an integer, got True",
+    ),
+    Case(
+        "param-float-for-int",
+        {"metrics": [{"deletion": {"steps": 8.5}}]},
+        "metrics[0].deletion.steps: expected an integer, got 8.5",
+    ),
+    Case(
+        "param-number-for-string",
+        {"metrics": [{"deletion": {"substrate": 0}}]},
+        "metrics[0].deletion.substrate: expected one of",
+    ),
+    Case(
+        "param-integer-key",
+        "name: x\ndatasets: [tests.fakes:TinyData]\nmodels: [tests.fakes:TinyModel]\n"
+        "methods: [{integrated_gradients: {1: 2}}]\nmetrics: [sparseness]\n",
+        "methods[0].integrated_gradients: parameter name 1 is an int; parameter names are strings",
+    ),
+    Case(
+        "kwargs-integer-key",
+        {"models": [{"user_model": {"module": "tests.fakes:_Net", "kwargs": {1: 2}}}]},
+        "models[0].user_model.kwargs: key 1 is an int; keys must be strings",
+    ),
+    Case(
+        "param-nan",
+        {"methods": [{"constant": {"value": float("nan")}}]},
+        "methods[0].constant.value: expected a finite number (not NaN or infinity), got nan",
+    ),
+    Case(
+        "param-infinity",
+        {"metrics": [{"effective_complexity": {"eps": float("inf")}}]},
+        "metrics[0].effective_complexity.eps: expected a finite number",
+    ),
+    Case(
+        "param-yaml-date",
+        "name: x\ndatasets: [tests.fakes:TinyData]\nmodels: [tests.fakes:TinyModel]\n"
+        "methods: [saliency]\nmetrics: [{tests.fakes:MaskMass: {mode: 2024-01-01}}]\n",
+        "metrics[0].tests.fakes:MaskMass.mode: a date (datetime.date(2024, 1, 1)) is not a suite "
+        "value",
+    ),
+    Case(
         "unknown-param",
         {"methods": [{"saliency": {"foo": 1}}]},
         "methods[0].saliency.foo: unknown parameter; valid parameters:",
