@@ -31,7 +31,15 @@ from typing import Any
 
 from . import registry
 from .errors import SuiteError, UserError
-from .params import canonical_json, shown, validate_params
+from .params import (
+    LIMITS,
+    MAX_SAMPLES,
+    MAX_SEED,
+    MAX_SIZE,
+    canonical_json,
+    shown,
+    validate_params,
+)
 from .safe_yaml import read_yaml_file
 
 __all__ = ["ComponentSpec", "Suite", "load_suite", "parse_suite"]
@@ -146,11 +154,11 @@ def parse_suite(data: Any, *, source: str = "<suite>") -> Suite:
     version = data.get("version", 1)
     if not isinstance(version, (int, str)) or isinstance(version, bool):
         problems.append(f"version: expected an integer or a string, got {shown(version)}")
-    seed = _int_field(data, "seed", 0, minimum=0, problems=problems)
-    batch_size = _int_field(data, "batch_size", 64, minimum=1, problems=problems)
+    seed = _int_field(data, "seed", 0, minimum=0, maximum=MAX_SEED, problems=problems)
+    batch_size = _int_field(data, "batch_size", 64, minimum=1, maximum=MAX_SIZE, problems=problems)
     limit = data.get("limit")
     if limit is not None:
-        limit = _int_field(data, "limit", None, minimum=1, problems=problems)
+        limit = _int_field(data, "limit", None, minimum=1, maximum=MAX_SAMPLES, problems=problems)
     device = data.get("device", "cpu")
     if not isinstance(device, str) or not _DEVICE.match(device):
         problems.append(f"device: expected one of cpu, cuda, cuda:N, auto, got {shown(device)}")
@@ -181,12 +189,25 @@ def parse_suite(data: Any, *, source: str = "<suite>") -> Suite:
 
 
 def _int_field(
-    data: dict[str, Any], key: str, default: int | None, *, minimum: int, problems: list[str]
+    data: dict[str, Any],
+    key: str,
+    default: int | None,
+    *,
+    minimum: int,
+    maximum: int,
+    problems: list[str],
 ) -> int | None:
+    """``data[key]`` if it is an integer in [minimum, maximum] (the bounds of
+    ``benchbox.params``), else a problem and ``default``."""
     value = data.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         bound = "> 0" if minimum == 1 else f">= {minimum}"
         problems.append(f"{key}: expected an integer {bound}, got {shown(value)}")
+        return default
+    if value > maximum:
+        problems.append(
+            f"{key}: expected an integer <= {maximum:,} ({LIMITS[maximum]}), got {shown(value)}"
+        )
         return default
     return value
 

@@ -292,6 +292,13 @@ CASES = [
     Case("name-with-slash", {"name": "a b/c"}, "got 'a b/c'"),
     Case("seed-not-int", {"seed": "abc"}, "seed: expected an integer >= 0, got 'abc'"),
     Case("seed-negative", {"seed": -1}, "seed: expected an integer >= 0, got -1"),
+    Case(
+        "seed-huge",
+        {"seed": 10**30},
+        "seed: expected an integer <= 9,223,372,036,854,775,807 (the largest seed, 2^63 - 1)",
+    ),
+    Case("batch-size-huge", {"batch_size": 10**12}, "batch_size: expected an integer <= 65,536"),
+    Case("limit-huge", {"limit": 10**20}, "limit: expected an integer <= 1,000,000"),
     Case("batch-size-zero", {"batch_size": 0}, "batch_size: expected an integer > 0, got 0"),
     Case("limit-zero", {"limit": 0}, "limit: expected an integer > 0, got 0"),
     Case("device-gpu", {"device": "gpu"}, "device: expected one of cpu, cuda, cuda:N, auto"),
@@ -370,6 +377,37 @@ CASES = [
         "methods: [saliency]\nmetrics: [{tests.fakes:MaskMass: {mode: 2024-01-01}}]\n",
         "metrics[0].tests.fakes:MaskMass.mode: a date (datetime.date(2024, 1, 1)) is not a suite "
         "value",
+    ),
+    Case(
+        "ig-steps-huge",
+        {"methods": [{"integrated_gradients": {"steps": 100_000_000_000}}]},
+        "methods[0].integrated_gradients.steps: expected an integer <= 10,000 (benchbox's limit "
+        "for counts of steps/samples/epochs), got 100000000000",
+    ),
+    Case(
+        "dataset-samples-huge",
+        {"datasets": [{"synthetic_lesions_2d": {"n_test": 10**9}}]},
+        "datasets[0].synthetic_lesions_2d.n_test: expected an integer <= 1,000,000",
+    ),
+    Case(
+        "model-width-huge",
+        {"models": [{"cnn_gap": {"width": 2**40}}]},
+        "models[0].cnn_gap.width: expected an integer <= 65,536",
+    ),
+    Case(
+        "topk-pixels-huge",
+        {"metrics": [{"topk_intersection": {"k": 2**40}}]},
+        "metrics[0].topk_intersection.k: expected at most 16,777,216 pixels",
+    ),
+    Case(
+        "captum-param-huge",
+        {"methods": [{"captum:IntegratedGradients": {"n_steps": 10**9}}]},
+        "methods[0].captum:IntegratedGradients.n_steps: expected an integer <= 10,000",
+    ),
+    Case(
+        "dataset-seed-negative",
+        {"datasets": [{"synthetic_lesions_2d": {"seed": -5}}]},
+        "datasets[0].synthetic_lesions_2d.seed: expected an integer >= 0, got -5",
     ),
     Case(
         "unknown-param",
@@ -554,7 +592,7 @@ def test_bad_input(
 
 
 def test_corpus_is_large_enough() -> None:
-    assert len(CASES) >= 30
+    assert len(CASES) >= 60
 
 
 # -- mistakes found after work started: earlier results are kept -------------------------------

@@ -49,11 +49,12 @@ from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 import torch
-from pydantic import Field, PositiveFloat, PositiveInt
+from pydantic import Field, PositiveFloat
 from torch import Tensor
 
 from ..core import Batch, Capability, Dataset, Split
 from ..errors import UserError
+from ..params import MAX_SIZE, Seed, Size
 from ..seeding import derive_seed
 from . import _io
 from ._io import Header
@@ -67,7 +68,7 @@ _COLUMNS = ("image", "label", "mask", "split")
 
 Fraction = Annotated[float, Field(gt=0, lt=1)]
 Percent = Annotated[float, Field(ge=0, le=100)]
-NumClasses = Annotated[int, Field(ge=2)]
+NumClasses = Annotated[Size, Field(ge=2)]
 
 
 def _class_path(obj: object) -> str:
@@ -561,13 +562,13 @@ class ImageFolder(_FolderDataset):
         *,
         root: str,
         labels: str = "labels.csv",
-        size: PositiveInt | None = None,
+        size: Size | None = None,
         scale: Literal["minmax", "uint8", "none"] = "minmax",
         label_source: Literal["column", "mask"] = "column",
         num_classes: NumClasses | None = None,
         val_fraction: Fraction = 0.15,
         test_fraction: Fraction = 0.15,
-        seed: int = 0,
+        seed: Seed = 0,
         verify: bool = False,
     ) -> None:
         self.scale: Literal["minmax", "uint8", "none"] = scale
@@ -629,13 +630,13 @@ class NiftiFolder(_FolderDataset):
         root: str,
         labels: str = "labels.csv",
         mode: Literal["volume", "slices"] = "volume",
-        size: PositiveInt | None = None,
+        size: Size | None = None,
         percentiles: tuple[Percent, Percent] = (0.5, 99.5),
         label_source: Literal["column", "mask"] = "column",
         num_classes: NumClasses | None = None,
         val_fraction: Fraction = 0.15,
         test_fraction: Fraction = 0.15,
-        seed: int = 0,
+        seed: Seed = 0,
         verify: bool = False,
     ) -> None:
         self.percentiles = _check_percentiles(percentiles)
@@ -696,7 +697,7 @@ class DicomFolder(_FolderDataset):
         *,
         root: str,
         labels: str = "labels.csv",
-        size: PositiveInt | None = None,
+        size: Size | None = None,
         window: tuple[float, PositiveFloat] | None = None,
         percentiles: tuple[Percent, Percent] = (0.5, 99.5),
         multiframe: Literal["first", "slices"] = "first",
@@ -704,7 +705,7 @@ class DicomFolder(_FolderDataset):
         num_classes: NumClasses | None = None,
         val_fraction: Fraction = 0.15,
         test_fraction: Fraction = 0.15,
-        seed: int = 0,
+        seed: Seed = 0,
         verify: bool = False,
     ) -> None:
         self.percentiles = _check_percentiles(percentiles)
@@ -806,8 +807,8 @@ class MedMNISTNpz(Dataset):
         self,
         *,
         path: str,
-        size: PositiveInt | None = None,
-        label_column: Annotated[int, Field(ge=0)] = 0,
+        size: Size | None = None,
+        label_column: Annotated[int, Field(ge=0, le=MAX_SIZE)] = 0,
         binarize: bool = False,
         num_classes: NumClasses | None = None,
     ) -> None:

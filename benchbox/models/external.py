@@ -49,11 +49,12 @@ from types import ModuleType
 from typing import Annotated, Any, ClassVar, Literal
 
 import torch
-from pydantic import Field, NonNegativeInt, PositiveInt
+from pydantic import Field
 from torch import Tensor, nn
 
 from ..core import Capability, Dataset, ExplainedModel, InputSpec, ModelBuilder, Task
 from ..errors import UserError
+from ..params import MAX_COUNT, Size
 from ..registry import import_object
 from ..seeding import derive_seed
 from . import training
@@ -755,14 +756,14 @@ class UserModel(ModelBuilder):
         kwargs: dict[str, Any] = {},  # noqa: B006 -- pydantic copies defaults; never mutated
         weights: str | None = None,
         strict: bool = True,
-        channels: PositiveInt | None = None,
-        size: list[PositiveInt] | None = None,
+        channels: Size | None = None,
+        size: list[Size] | None = None,
         mean: list[float] | None = None,
         std: list[PositiveFloat] | None = None,
         normalize: Normalize = "inside",
         adapt_channels: Literal["none", "repeat"] = "none",
         target_layers: dict[str, str] = {},  # noqa: B006
-        num_classes: PositiveInt | None = None,
+        num_classes: Size | None = None,
         task: Task = "classification",
         region: Region = "predicted",
         reduction: Reduction = "sum",
@@ -868,13 +869,13 @@ class TorchScript(ModelBuilder):
         self,
         *,
         path: str,
-        channels: PositiveInt | None = None,
-        size: list[PositiveInt] | None = None,
+        channels: Size | None = None,
+        size: list[Size] | None = None,
         mean: list[float] | None = None,
         std: list[PositiveFloat] | None = None,
         normalize: Normalize = "inside",
         adapt_channels: Literal["none", "repeat"] = "none",
-        num_classes: PositiveInt | None = None,
+        num_classes: Size | None = None,
         task: Task = "classification",
         region: Region = "predicted",
         reduction: Reduction = "sum",
@@ -958,16 +959,16 @@ class _ZooModel(ModelBuilder):
         *,
         weights: str | None = None,
         strict: bool = True,
-        num_classes: PositiveInt | None = None,
+        num_classes: Size | None = None,
         adapt_channels: Literal["repeat", "stem"] = "repeat",
         normalize: Normalize = "add",
         mean: list[float] | None = None,
         std: list[PositiveFloat] | None = None,
         target_layers: dict[str, str] = {},  # noqa: B006 -- pydantic copies defaults
-        finetune_epochs: NonNegativeInt = 0,
+        finetune_epochs: Annotated[int, Field(ge=0, le=MAX_COUNT)] = 0,
         finetune_layers: Literal["head", "all"] = "head",
         finetune_lr: Annotated[float, Field(gt=0, le=1)] = 1e-3,
-        train_batch_size: PositiveInt = 32,
+        train_batch_size: Size = 32,
     ) -> None:
         self.weights = weights
         self.strict = strict
