@@ -47,11 +47,11 @@ from .core import (
     Split,
 )
 from .errors import UserError
-from .params import canonical_json
+from .params import canonical_json, shown
 from .planner import Job, plan, replan
 from .seeding import derive_seed, make_generator
 from .store import RunStore, fault_point, read_summary
-from .suite import ComponentSpec, Suite
+from .suite import DEVICE, DEVICES, ComponentSpec, Suite
 
 __all__ = ["EXECUTORS", "Reporter", "RunResult", "resolve_device", "run_suite"]
 
@@ -98,7 +98,13 @@ class RunResult:
 
 
 def resolve_device(requested: str, source: str = "suite") -> torch.device:
-    """``cpu``, ``cuda``, ``cuda:N`` or ``auto``; a clear error when CUDA is asked for, absent."""
+    """``cpu``, ``cuda``, ``cuda:N`` or ``auto``; a clear error when CUDA is asked for, absent,
+    or the name is none of these (``--device tpu`` must not quietly run on the CPU)."""
+    if not isinstance(requested, str) or not DEVICE.match(requested):
+        raise UserError(
+            f"{source}: unknown device {shown(requested)}; valid devices: {DEVICES} "
+            f"(N = 0, 1, ...: a GPU's index)"
+        )
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if requested.startswith("cuda"):
@@ -144,7 +150,11 @@ def run_suite(
         cache: use the attribution cache; default: on unless ``BENCHBOX_ATTRIBUTION_CACHE=0``.
     """
     rep = reporter or _Silent()
-    dev = resolve_device(device or suite.device, source="--device" if device else suite.source)
+    dev = (
+        resolve_device(suite.device, source=suite.source)
+        if device is None
+        else resolve_device(device, source="--device")
+    )
     if executor not in EXECUTORS:
         raise UserError(
             f"--executor: unknown executor {executor!r}; use one of {', '.join(EXECUTORS)}"

@@ -45,7 +45,8 @@ from .safe_yaml import read_yaml_file
 __all__ = ["ComponentSpec", "Suite", "load_suite", "parse_suite"]
 
 _SUITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_DEVICE = re.compile(r"^(cpu|auto|cuda(:\d+)?)$")
+DEVICE = re.compile(r"^(cpu|auto|cuda(:\d+)?)$")  # what the suite and --device accept
+DEVICES = "cpu, cuda, cuda:N, auto"
 _SECTIONS = ("datasets", "models", "methods", "metrics")
 _BUILT_AT_VALIDATION = ("methods", "metrics")
 _FIELDS = (
@@ -160,8 +161,8 @@ def parse_suite(data: Any, *, source: str = "<suite>") -> Suite:
     if limit is not None:
         limit = _int_field(data, "limit", None, minimum=1, maximum=MAX_SAMPLES, problems=problems)
     device = data.get("device", "cpu")
-    if not isinstance(device, str) or not _DEVICE.match(device):
-        problems.append(f"device: expected one of cpu, cuda, cuda:N, auto, got {shown(device)}")
+    if not isinstance(device, str) or not DEVICE.match(device):
+        problems.append(f"device: expected one of {DEVICES}, got {shown(device)}")
     target = data.get("target", "prediction")
     if target not in ("prediction", "label"):
         problems.append(f"target: expected one of 'prediction', 'label', got {shown(target)}")

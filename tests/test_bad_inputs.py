@@ -455,6 +455,30 @@ CASES = [
         extra_args=("--device", "cuda"),
         starts=lambda c: "--device",
     ),
+    Case(
+        "device-tpu",
+        {},
+        "--device: unknown device 'tpu'; valid devices: cpu, cuda, cuda:N, auto",
+        "run",
+        extra_args=("--device", "tpu"),
+        starts=lambda c: "--device",
+    ),
+    Case(
+        "device-bad-index",
+        {},
+        "--device: unknown device 'cuda:x'",
+        "run",
+        extra_args=("--device", "cuda:x"),
+        starts=lambda c: "--device",
+    ),
+    Case(
+        "device-empty",
+        {},
+        "--device: unknown device ''",
+        "run",
+        extra_args=("--device", ""),
+        starts=lambda c: "--device",
+    ),
     Case("suite-asks-cuda", {"device": "cuda"}, "'cuda' requested but no CUDA device", "run"),
     # -- data files
     Case(
