@@ -163,9 +163,14 @@ def run(
         comparison = compare_runs(base, result.path, tolerance=tol, alpha=alpha)
         _print_comparison(comparison.to_markdown(), markdown)
         regressed = comparison.regressed
-    if result.failed:
+    if not result.computed:
+        err.print(
+            "[red]no value was computed: every row is skipped or an error; see the status and "
+            "message columns of scores.parquet"
+        )
+    elif result.failed:
         err.print("[red]some jobs failed; see the status and message columns of scores.parquet")
-    if result.failed or regressed:
+    if result.failed or not result.computed or regressed:
         raise typer.Exit(EXIT_FAILED)
 
 

@@ -89,6 +89,12 @@ class RunResult:
     note: str = ""  # e.g. what a resume found: "3 of 8 jobs already finished"
 
     @property
+    def computed(self) -> bool:
+        """Whether any row has a value; ``benchbox run`` exits 1 for a run that computed
+        nothing (every row skipped or failed), never 0."""
+        return bool((self.summary["n"] > 0).any()) if len(self.summary) else False
+
+    @property
     def scores(self) -> pd.DataFrame:
         return pd.read_parquet(self.path / "scores.parquet")
 
@@ -301,7 +307,9 @@ class _RunContext:
                 self.store.write_model_info(key, {**info, **model.info})
             except UserError as exc:
                 model_error = f"{suite.source}: {m.path}: {exc}"
-            except Exception as exc:  # recorded as error rows; the run goes on
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # user code, SystemExit too: error rows; the run goes on
                 model_error = f"building model {m.name!r} failed: {type(exc).__name__}: {exc}"
             fault_point("model")
         self.rep.advance()
@@ -617,6 +625,34 @@ def _save_examples(run_dir: Path, job: Job, batch: Batch, attr: Tensor) -> None:
     )
 
 
+class _Guarded:
+    """An iterator over ``items`` that stops at the first exception and keeps it as ``error``
+    (a message starting with ``what``), so that a dataset failing mid-job gives the job's
+    error rows, not a crash: user code, ``SystemExit`` included; only ``KeyboardInterrupt``
+    passes. A ``UserError`` (a file that cannot be read) keeps its own message."""
+
+    def __init__(self, items: Any, what: str) -> None:
+        self._it = iter(items)
+        self._what = what
+        self.error: str | None = None
+
+    def __iter__(self) -> _Guarded:
+        return self
+
+    def __next__(self) -> Any:
+        if self.error is not None:
+            raise StopIteration
+        try:
+            return next(self._it)
+        except (StopIteration, KeyboardInterrupt):
+            raise
+        except UserError as exc:
+            self.error = f"{self._what} failed: {exc}"
+        except BaseException as exc:
+            self.error = f"{self._what} failed: {type(exc).__name__}: {exc}"
+        raise StopIteration
+
+
 def _check_attribution(name: str, attr: Any, batch: Batch) -> None:
     expected = (len(batch), 1, *batch.x.shape[2:])
     if not isinstance(attr, torch.Tensor) or tuple(attr.shape) != expected:
@@ -647,7 +683,9 @@ def _execute_job(
     try:
         method: Method = job.method.build()
         metrics: list[Metric] = [s.build() for s in job.metrics]
-    except Exception as exc:  # validated already; a failure here is recorded, not fatal
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # validated already; a failure here is recorded, not fatal
         return _job_rows(job, suite, run_id, "error", f"building the job failed: {exc}"), None
     # Separate generators: adding a metric never changes another's draws or the method's.
     method_gen = make_generator(derive_seed(suite.seed, *job.key, "method"), dev)
@@ -689,13 +727,21 @@ def _execute_job(
     method_error: str | None = None
     dropped: list[_Dropped] = []  # samples taken out for non-finite values, with the reason
 
-    for cpu_batch in ds.batches("test", suite.batch_size, suite.limit):
+    reading = _Guarded(ds.batches("test", suite.batch_size, suite.limit), "reading the test data")
+    for cpu_batch in reading:
         if method_error is not None:
             advance(1)
             continue
         batch = cpu_batch.to(dev)
-        with torch.no_grad():
-            logits = model(batch.x)
+        try:
+            with torch.no_grad():
+                logits = model(batch.x)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # the model's code failed on this batch: the job's rows
+            method_error = f"model {job.model.name!r} failed: {type(exc).__name__}: {exc}"
+            advance(1)
+            continue
         pred = logits.argmax(dim=1)
         # A one-score model (anomaly detection) has a single "class" to explain, whatever the
         # label says; otherwise the suite chooses the prediction or the label.
@@ -728,7 +774,9 @@ def _execute_job(
                 _check_attribution(job.method.name, attr, batch)
                 if cache is not None:
                     cache.save(key, attr, method_gen)
-        except Exception as exc:  # the job's rows say why; the run goes on
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # the job's rows say why; the run goes on
             method_error = f"method {job.method.name!r} failed: {type(exc).__name__}: {exc}"
             advance(1)
             continue
@@ -752,7 +800,9 @@ def _execute_job(
             ctx = MetricContext(model, batch, attr, method, gen, suite.batch_size, rebuild)
             try:
                 out = metric.score(ctx)
-            except Exception as exc:  # recorded as this metric's error rows
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # recorded as this metric's error rows
                 errors[i] = f"metric {job.metrics[i].name!r} failed: {type(exc).__name__}: {exc}"
                 continue
             outputs = {"": out} if isinstance(out, MetricOutput) else dict(out)
@@ -771,6 +821,7 @@ def _execute_job(
         _release_freed_memory()
         advance(1)
 
+    method_error = method_error or reading.error
     if method_error is not None:
         return _job_rows(job, suite, run_id, "error", method_error), None
 

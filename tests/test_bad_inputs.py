@@ -132,7 +132,7 @@ class Case:
     ``validate`` or ``run`` (``argv`` gives the whole command line instead); ``expected``: a
     substring of the error output, or with ``rows`` (exit 1: a run-time failure) of the
     messages of the new run's error rows; ``starts``: what the error line starts with
-    (default: the suite file)."""
+    (default: the suite file). Python files a case writes into its folder are importable."""
 
     id: str
     suite: str | dict[str, Any] | bytes | None
@@ -446,6 +446,125 @@ CASES = [
         "3 problems",
         problems=3,
     ),
+    # -- user code is isolated: whatever it raises is that component's error
+    Case(
+        "user-module-exits-on-import",
+        {"methods": ["bb_exits:Thing"]},
+        "importing it raised SystemExit(3) (it calls sys.exit)",
+        files=_write(Path("bb_exits.py"), "import sys\nsys.exit(3)\n"),
+    ),
+    Case(
+        "user-module-syntax-error",
+        {"metrics": ["bb_syntax:Thing"]},
+        "importing it raised SyntaxError: invalid syntax",
+        files=_write(Path("bb_syntax.py"), "def broken(:\n    pass\n"),
+    ),
+    Case(
+        "user-module-raises-on-import",
+        {"datasets": ["bb_raises:Thing"]},
+        "importing it raised ZeroDivisionError: division by zero",
+        files=_write(Path("bb_raises.py"), "x = 1 / 0\n"),
+    ),
+    Case(
+        "user-getattr-raises",
+        {"methods": ["bb_getattr:Thing"]},
+        "getting 'Thing' raised RuntimeError: lazy import failed",
+        files=_write(
+            Path("bb_getattr.py"),
+            "def __getattr__(name):\n    raise RuntimeError('lazy import failed')\n",
+        ),
+    ),
+    Case(
+        "method-calls-sys-exit",
+        {"methods": ["bb_exit_method:Exits"]},
+        "method 'bb_exit_method:Exits' failed: SystemExit: 0",
+        "run",
+        code=1,
+        rows=True,
+        files=_write(
+            Path("bb_exit_method.py"),
+            "import sys\nfrom tests.fakes import Grad\n\n"
+            "class Exits(Grad):\n    def attribute(self, *a, **k):\n        sys.exit(0)\n",
+        ),
+    ),
+    Case(
+        "metric-calls-sys-exit",
+        {"metrics": ["bb_exit_metric:Exits"]},
+        "metric 'bb_exit_metric:Exits' failed: SystemExit: 5",
+        "run",
+        code=1,
+        rows=True,
+        files=_write(
+            Path("bb_exit_metric.py"),
+            "import sys\nfrom tests.fakes import MaskMass\n\n"
+            "class Exits(MaskMass):\n    def score(self, ctx):\n        sys.exit(5)\n",
+        ),
+    ),
+    Case(
+        "model-forward-system-exit",
+        {"models": [{"user_model": {"module": "bb_exit_forward:Net"}}]},
+        "SystemExit: 0",
+        "run",
+        code=1,
+        rows=True,
+        files=_write(
+            Path("bb_exit_forward.py"),
+            "import sys\nimport torch\n\n"
+            "class Net(torch.nn.Module):\n"
+            "    def __init__(self):\n"
+            "        super().__init__()\n"
+            "        self.conv = torch.nn.Conv2d(1, 2, 3)\n"
+            "    def forward(self, x):\n"
+            "        raise SystemExit(0)\n",
+        ),
+    ),
+    Case(
+        "model-forward-fails-mid-run",
+        {"models": ["bb_flaky:Flaky"]},
+        "model 'bb_flaky:Flaky' failed: SystemExit: 0",
+        "run",
+        code=1,
+        rows=True,
+        files=_write(
+            Path("bb_flaky.py"),
+            "import torch\nfrom tests.fakes import TinyModel\n\n"
+            "class _Exit(torch.nn.Module):\n"
+            "    def __init__(self, inner):\n"
+            "        super().__init__()\n"
+            "        self.inner = inner\n"
+            "    def forward(self, x):\n"
+            "        raise SystemExit(0)\n\n"
+            "class Flaky(TinyModel):\n"
+            "    def build(self, dataset, **kw):\n"
+            "        model = super().build(dataset, **kw)\n"
+            "        model.module = _Exit(model.module)\n"
+            "        return model\n",
+        ),
+    ),
+    Case(
+        "dataset-fails-mid-run",
+        {"datasets": ["bb_flaky_data:Flaky"]},
+        "reading the test data failed: SystemExit: 7",
+        "run",
+        code=1,
+        rows=True,
+        files=_write(
+            Path("bb_flaky_data.py"),
+            "import sys\nfrom tests.fakes import TinyData\n\n"
+            "class Flaky(TinyData):\n"
+            "    def get(self, split, indices):\n"
+            "        if split == 'test' and min(indices) >= 4:\n"
+            "            sys.exit(7)\n"
+            "        return super().get(split, indices)\n",
+        ),
+    ),
+    Case(
+        "nothing-computed",
+        {"models": ["tests.fakes:NoLayerModel"], "methods": ["tests.fakes:NeedsLayer"]},
+        "no value was computed: every row is skipped or an error",
+        "run",
+        code=1,
+    ),
     # -- the command line
     Case(
         "cuda-without-gpu",
@@ -565,6 +684,7 @@ def test_bad_input(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("BENCHBOX_CACHE", str(tmp_path / "cache"))
+    monkeypatch.syspath_prepend(str(tmp_path))  # a case's own modules (module: "bb_x:Net")
     if case.files is not None:
         case.files(tmp_path)
     path = tmp_path / "suite.yaml"
@@ -594,16 +714,18 @@ def test_bad_input(
     # Whatever happened, the earlier run is exactly as it was.
     assert _snapshot(earlier.run) == earlier.snapshot
     new_runs = _run_dirs(earlier.root) - runs_before
-    if case.rows:  # a run-time failure: the run finished, its error rows say why
-        assert case.code == 1
+    if case.code == 1:  # a run-time failure: the run finished (not a partial folder), says why
         (new_run,) = new_runs
-        scores = pd.read_parquet(new_run / "scores.parquet")
-        errors = scores[scores["status"] == "error"]
-        assert len(errors), scores
-        assert errors["message"].str.contains(case.expected, regex=False).all(), set(
-            errors["message"]
-        )
-        assert "some jobs failed" in r.err
+        assert (new_run / "manifest.json").is_file() and (new_run / "summary.csv").is_file()
+        assert "some jobs failed" in r.err or "no value was computed" in r.err, r.err
+        if case.rows:
+            scores = pd.read_parquet(new_run / "scores.parquet")
+            errors = scores[scores["status"] == "error"]
+            assert len(errors), scores
+            messages = errors["message"]
+            assert messages.str.contains(case.expected, regex=False).all(), set(messages)
+        else:
+            assert case.expected in r.err, r.err
         return
     assert len(r.error_lines) == 1, r.err
     start = case.starts(ctx) if case.starts is not None else str(path)
