@@ -234,6 +234,16 @@ class ModelBuilder(Component, ABC):
         self, dataset: Dataset, *, seed: int, device: torch.device, batch_size: int
     ) -> ExplainedModel: ...
 
+    def preflight(self, dataset: Dataset, *, seed: int) -> None:
+        """Check what the user supplied (their module, weights files) before any job runs.
+
+        The runner calls it for every model a run will build, before it creates the run folder,
+        so a wrong path or a bad checkpoint is an input error (exit 2) rather than a run of
+        error rows. It must be cheap and must not train: it imports, constructs and loads, it
+        does not evaluate (what depends on the data is ``build``'s). Raise ``UserError``.
+        Default: nothing to check (a built-in model has no user-supplied parts).
+        """
+
 
 class Method(Component, ABC):
     """An attribution method: ``attribute(model, x, target) -> [B, 1, *spatial]``.

@@ -53,7 +53,14 @@ from .seeding import derive_seed, make_generator
 from .store import RunStore, fault_point, read_summary
 from .suite import DEVICE, DEVICES, ComponentSpec, Suite
 
-__all__ = ["EXECUTORS", "Reporter", "RunResult", "resolve_device", "run_suite"]
+__all__ = [
+    "EXECUTORS",
+    "Reporter",
+    "RunResult",
+    "preflight_models",
+    "resolve_device",
+    "run_suite",
+]
 
 EXECUTORS = ("local", "dask")
 
@@ -188,6 +195,10 @@ def run_suite(
     # before any work or any results folder exists, and the plan sees what each one provides.
     datasets = {d.path: _build_dataset(d, suite) for d in suite.datasets}
     jobs = plan(suite, {path: frozenset(ds.provides) for path, ds in datasets.items()})
+    # So are the user's models and weights files (cheap checks, no training): a missing or
+    # corrupt checkpoint is an input error too, found before the run folder exists.
+    finished = store.finished() if store is not None else set()
+    preflight_models(suite, datasets, [j for j in jobs if j.index not in finished])
     if store is None:
         # What a resume checks is written now, so a run killed at any later point can resume.
         meta = {
@@ -398,6 +409,35 @@ def _build_dataset(spec: ComponentSpec, suite: Suite) -> Dataset:
     return ds
 
 
+def preflight_models(suite: Suite, datasets: Mapping[str, Dataset], jobs: list[Job]) -> None:
+    """``ModelBuilder.preflight`` of every (dataset, model) pair that one of ``jobs`` will
+    build: imports the user's module, constructs the network, reads and applies the weights
+    (``benchbox.models.external``); built-in models have nothing to check. Any failure is a
+    ``UserError`` naming the suite file and the model's YAML path (exit 2)."""
+    pairs = {(j.dataset.path, j.model.path): j.model for j in jobs if j.skip_reason is None}
+    for (d_path, _), spec in pairs.items():
+        where = f"{suite.source}: {spec.path}"
+        try:
+            builder = spec.build()
+            check = getattr(builder, "preflight", None)
+            if check is not None:
+                check(datasets[d_path], seed=_model_seed(spec, suite))
+        except UserError as exc:
+            raise UserError(f"{where}: {exc}") from exc
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # the user's constructor or factory
+            first = (str(exc).strip().splitlines() or [""])[0]
+            raise UserError(
+                f"{where}: checking the model {spec.name!r} raised {type(exc).__name__}"
+                f"{': ' + first if first else ''}; fix its module or parameters"
+            ) from exc
+
+
+def _model_seed(spec: ComponentSpec, suite: Suite) -> int:
+    return derive_seed(suite.seed, "model", spec.name, spec.params_json)
+
+
 def _build_model(
     spec: ComponentSpec,
     ds: Dataset,
@@ -414,7 +454,7 @@ def _build_model(
     evaluate the dataset's probe sets into ``info`` (a Dask worker, whose facts the driver has
     recorded already, skips them)."""
     builder = spec.cls(**{**spec.params, **overrides}) if overrides else spec.build()
-    seed = derive_seed(suite.seed, "model", spec.name, spec.params_json)
+    seed = _model_seed(spec, suite)
     model = builder.build(ds, seed=seed, device=dev, batch_size=suite.batch_size)
     model.module.eval()
     for name, (split, transform) in (ds.probe_sets() if probes else {}).items():

@@ -145,6 +145,7 @@ class Case:
     argv: Callable[[Ctx], list[str]] | None = None
     starts: Callable[[Ctx], str] | None = None
     rows: bool = False
+    after: Callable[[Path], None] | None = None  # more checks, given the case's folder
     fast: bool = False  # refused in well under a second (alias bombs, deep nesting)
 
 
@@ -168,6 +169,73 @@ _BOMB = (
 def _bombed(suite: str) -> str:
     """``suite`` after the bomb's anchors (under an unknown field, refused long before)."""
     return _BOMB.replace("bomb:", "anchors:") + suite
+
+
+def _filled(value: Any, tmp: Path) -> Any:
+    """``value`` with ``{tmp}`` in every string replaced by the case's folder."""
+    if isinstance(value, str):
+        return value.replace("{tmp}", str(tmp))
+    if isinstance(value, list):
+        return [_filled(v, tmp) for v in value]
+    if isinstance(value, dict):
+        return {k: _filled(v, tmp) for k, v in value.items()}
+    return value
+
+
+def _user_model(module: str = "tests.fakes:_Net", **params: Any) -> dict[str, Any]:
+    """Overrides of tiny_suite: one user_model (tests.fakes:_Net fits TinyData)."""
+    return {"models": [{"user_model": {"module": module, **params}}]}
+
+
+def _state(**changes: Any) -> dict[str, Tensor]:
+    """_Net's state_dict with ``changes`` (name -> tensor) applied."""
+    from tests.fakes import _Net
+
+    return {**_Net().state_dict(), **changes}
+
+
+def _saved(name: str, make: Callable[[Path], Any]) -> Callable[[Path], None]:
+    """Write ``make(tmp)`` to tmp/name: bytes as they are, else with torch.save."""
+
+    def files(tmp: Path) -> None:
+        obj = make(tmp)
+        if isinstance(obj, bytes):
+            (tmp / name).write_bytes(obj)
+        else:
+            torch.save(obj, tmp / name)
+
+    return files
+
+
+class _Payload:
+    """A pickle that would create ``marker`` when unpickled (it must never be)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _no_payload_ran(tmp: Path) -> None:
+    assert not (tmp / "pwned").exists(), "the pickle's payload ran"
+
+
+def _torchscript(tmp: Path) -> None:
+    import warnings
+
+    from tests.fakes import _Net
+
+    with warnings.catch_warnings():  # torch 2.13 deprecates TorchScript
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(torch.jit.script(_Net()), tmp / "net.pt")
+
+
+def _truncated_torchscript(tmp: Path) -> None:
+    _torchscript(tmp)
+    (tmp / "net.pt").write_bytes((tmp / "net.pt").read_bytes()[:100])
 
 
 def _images(tmp: Path, *, rows: list[str], mask_shape: tuple[int, int] = (8, 8)) -> None:
@@ -565,6 +633,147 @@ CASES = [
         "run",
         code=1,
     ),
+    # -- the user's models and weights: checked before any job or run folder
+    Case(
+        "user-model-module-missing",
+        _user_model("bb_nowhere:Net"),
+        "models[0]: user_model.module: cannot import module 'bb_nowhere'",
+        "run",
+    ),
+    Case(
+        "user-model-syntax-error",
+        _user_model("bb_model_syntax:Net"),
+        "importing it raised SyntaxError",
+        "run",
+        files=_write(Path("bb_model_syntax.py"), "class Net(:\n"),
+    ),
+    Case(
+        "user-model-raises-on-import",
+        _user_model("bb_model_raises:Net"),
+        "importing it raised KeyError: 'CUDA_HOME'",
+        "run",
+        files=_write(Path("bb_model_raises.py"), "raise KeyError('CUDA_HOME')\n"),
+    ),
+    Case(
+        "user-model-exits-on-import",
+        _user_model("bb_model_exits:Net"),
+        "importing it raised SystemExit(3)",
+        "run",
+        files=_write(Path("bb_model_exits.py"), "import sys\nsys.exit(3)\n"),
+    ),
+    Case(
+        "user-model-factory-returns-str",
+        _user_model("bb_factory:make"),
+        "models[0]: user_model.module: bb_factory:make(**kwargs) returned a str, not a "
+        "torch.nn.Module",
+        "run",
+        files=_write(Path("bb_factory.py"), "def make():\n    return 'resnet18'\n"),
+    ),
+    Case(
+        "user-model-constructor-raises",
+        _user_model("bb_ctor:Net", kwargs={"depth": 3}),
+        "checking the model 'user_model' raised ValueError: depth must be even",
+        "run",
+        files=_write(
+            Path("bb_ctor.py"),
+            "import torch\n\nclass Net(torch.nn.Module):\n"
+            "    def __init__(self, depth):\n        raise ValueError('depth must be even')\n",
+        ),
+    ),
+    Case(
+        "weights-missing",
+        _user_model(weights="{tmp}/gone.pt"),
+        "models[0]: user_model.weights: weights file not found",
+        "run",
+    ),
+    Case(
+        "weights-zero-bytes",
+        _user_model(weights="{tmp}/w.pt"),
+        "the file is truncated or not a PyTorch checkpoint",
+        "run",
+        files=_saved("w.pt", lambda t: b""),
+    ),
+    Case(
+        "weights-random-bytes",
+        _user_model(weights="{tmp}/w.pt"),
+        "the file is truncated or not a PyTorch checkpoint",
+        "run",
+        files=_saved("w.pt", lambda t: bytes(range(256)) * 8),
+    ),
+    Case(
+        "weights-random-safetensors",
+        _user_model(weights="{tmp}/w.safetensors"),
+        "as safetensors",
+        "run",
+        files=_saved("w.safetensors", lambda t: b"\xff" * 64),
+    ),
+    Case(
+        "weights-wrong-head",
+        _user_model(weights="{tmp}/w.pt"),
+        "2 tensors of",
+        "run",
+        files=_saved(
+            "w.pt",
+            lambda t: _state(**{"fc.weight": torch.zeros(5, 4)}, **{"fc.bias": torch.zeros(5)}),
+        ),
+    ),
+    Case(
+        "weights-other-network",
+        _user_model(weights="{tmp}/w.pt"),
+        "no key of",
+        "run",
+        files=_saved("w.pt", lambda t: {"encoder.weight": torch.zeros(3)}),
+    ),
+    Case(
+        "weights-pickle-payload",
+        _user_model(weights="{tmp}/w.pt"),
+        "benchbox never unpickles arbitrary objects",
+        "run",
+        files=_saved("w.pt", lambda t: {"fc.weight": _Payload(t / "pwned")}),
+        after=_no_payload_ran,
+    ),
+    Case(
+        "weights-a-directory",
+        _user_model(weights="{tmp}/w.pt"),
+        "is a directory; give the path of the weights file",
+        "run",
+        files=lambda t: (t / "w.pt").mkdir(),
+    ),
+    Case(
+        "weights-symlink-loop",
+        _user_model(weights="{tmp}/loop.pt"),
+        "is a symbolic link to nothing (broken, or a loop)",
+        "run",
+        files=lambda t: (t / "loop.pt").symlink_to(t / "loop.pt"),
+    ),
+    Case(
+        "weights-unknown-suffix",
+        _user_model(weights="{tmp}/w.h5"),
+        "expected .safetensors or .pt/.pth/.bin/.ckpt",
+        "run",
+        files=_saved("w.h5", lambda t: b"HDF"),
+    ),
+    Case(
+        "weights-torchscript-archive",
+        _user_model(weights="{tmp}/net.pt"),
+        "is a TorchScript archive, not a state_dict",
+        "run",
+        files=_torchscript,
+    ),
+    Case(
+        "torchscript-given-a-state-dict",
+        {"models": [{"torchscript": {"path": "{tmp}/w.pt"}}]},
+        "is not a TorchScript archive; it is a torch.save file",
+        "run",
+        files=_saved("w.pt", lambda t: _state()),
+    ),
+    Case(
+        "torchscript-truncated",
+        {"models": [{"torchscript": {"path": "{tmp}/net.pt"}}]},
+        "is not a TorchScript archive; the file is truncated",
+        "run",
+        files=_truncated_torchscript,
+    ),
     # -- the command line
     Case(
         "cuda-without-gpu",
@@ -689,7 +898,7 @@ def test_bad_input(
         case.files(tmp_path)
     path = tmp_path / "suite.yaml"
     if isinstance(case.suite, dict):
-        suite = tiny_suite(output=str(earlier.root), **case.suite)
+        suite = tiny_suite(output=str(earlier.root), **_filled(case.suite, tmp_path))
         suite = {k: v for k, v in suite.items() if v is not None or k == "name"}
         path.write_text(yaml.safe_dump(suite, sort_keys=False))
     elif isinstance(case.suite, bytes):
@@ -711,6 +920,8 @@ def test_bad_input(
         assert elapsed < 1.0, f"took {elapsed:.2f} s"
     assert r.code == case.code, r.err
     assert "Traceback" not in r.err + r.out
+    if case.after is not None:
+        case.after(tmp_path)
     # Whatever happened, the earlier run is exactly as it was.
     assert _snapshot(earlier.run) == earlier.snapshot
     new_runs = _run_dirs(earlier.root) - runs_before

@@ -107,6 +107,11 @@ def file_sha256(path: Path) -> str:
 
 def _existing_file(path: str, where: str, what: str) -> Path:
     p = Path(path).expanduser()
+    if p.is_symlink() and not p.exists():
+        raise UserError(
+            f"{where}: {str(p)!r} is a symbolic link to nothing (broken, or a loop); point it "
+            f"at the {what} file or give the file's own path"
+        )
     if not p.exists():
         raise UserError(
             f"{where}: {what} file not found: {str(p)!r}; check the path (a relative path starts "
@@ -814,6 +819,15 @@ class UserModel(ModelBuilder):
             )
         return net
 
+    def preflight(self, dataset: Dataset, *, seed: int) -> None:
+        """Import the module, construct the network and load the weights into it (keys and
+        shapes), as ``build`` will; no forward pass, no evaluation."""
+        net = self._construct(seed)
+        if self.weights is not None:
+            state = load_state_dict_file(self.weights, where=f"{self.name}.weights")
+            where = f"{self.name}.weights"
+            apply_state_dict(net, state, strict=self.strict, where=where, path=self.weights)
+
     def build(
         self, dataset: Dataset, *, seed: int, device: torch.device, batch_size: int
     ) -> ExplainedModel:
@@ -885,6 +899,20 @@ class TorchScript(ModelBuilder):
         self.num_classes = num_classes
         self.task: Task = task
         self.region, self.reduction = region, reduction
+
+    def preflight(self, dataset: Dataset, *, seed: int) -> None:
+        """The file exists and is a TorchScript archive (a zip with ``constants.pkl``); it is
+        not loaded here (loading runs its code: once, in ``build``)."""
+        where = f"{self.name}.path"
+        p = _existing_file(self.path, where, "TorchScript")
+        if not _is_torchscript(p):
+            hint = (
+                "it is a torch.save file: give it to user_model as weights, with the Python class "
+                "as module"
+                if zipfile.is_zipfile(p)
+                else "the file is truncated or not a torch.jit.save archive"
+            )
+            raise UserError(f"{where}: {str(p)!r} is not a TorchScript archive; {hint}")
 
     def build(
         self, dataset: Dataset, *, seed: int, device: torch.device, batch_size: int
@@ -1060,9 +1088,9 @@ class _ZooModel(ModelBuilder):
             **self.input.params(),
         }
 
-    def build(
-        self, dataset: Dataset, *, seed: int, device: torch.device, batch_size: int
-    ) -> ExplainedModel:
+    def _loaded(self, dataset: Dataset, seed: int) -> tuple[nn.Module, int, dict[str, Any]]:
+        """(the architecture with a ``k_head``-class head and the weights loaded, ``k_head``,
+        facts): everything of ``build`` that only depends on the user's parameters and files."""
         if not self.arch:
             raise UserError(
                 f"{type(self).__name__} needs an architecture: name it {self.library}:<arch> in "
@@ -1099,6 +1127,17 @@ class _ZooModel(ModelBuilder):
                     shape_hint=hint,
                 )
             )
+        return net, k_head, info
+
+    def preflight(self, dataset: Dataset, *, seed: int) -> None:
+        """The library imports, the head fits the dataset, the weights load (no fine-tuning)."""
+        self._loaded(dataset, seed)
+
+    def build(
+        self, dataset: Dataset, *, seed: int, device: torch.device, batch_size: int
+    ) -> ExplainedModel:
+        net, k_head, info = self._loaded(dataset, seed)
+        d_classes = dataset.num_classes
         head_path = None
         if k_head != d_classes or (self.finetune_epochs and self.finetune_layers == "head"):
             head_path, old = self._head(net, k_head)
