@@ -327,13 +327,28 @@ def _print_summary(summary: pd.DataFrame) -> None:
 
 
 @app.command()
-def validate(suite: Annotated[Path, typer.Argument(help="Suite YAML file.")]) -> None:
+def validate(
+    suite: Annotated[Path, typer.Argument(help="Suite YAML file.")],
+    deep: Annotated[
+        bool,
+        typer.Option(
+            "--deep",
+            help="Also build every dataset and read every file it lists (images, masks: "
+            "corrupt, truncated, NaN), and check your models' modules and weights files.",
+        ),
+    ] = False,
+) -> None:
     """Check a suite: every problem is reported with its YAML path; exit 2 if any."""
     from .planner import plan
     from .suite import load_suite
 
     s = load_suite(suite)
-    jobs = plan(s)
+    if deep:
+        from .runner import check_files
+
+        jobs = check_files(s)
+    else:
+        jobs = plan(s)
     skipped = [j for j in jobs if j.skip_reason]
     out.print(
         f"{suite}: ok — {len(s.datasets)} dataset(s) × {len(s.models)} model(s) × "

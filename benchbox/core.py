@@ -171,6 +171,12 @@ class Dataset(Component, ABC):
         """
         return {}
 
+    def verify(self) -> list[str]:
+        """Read every file the dataset uses and return one line per file that cannot be used
+        (``benchbox validate --deep``); reading a file is otherwise lazy, at its first batch.
+        Default: nothing to read (generated data). File datasets decode every image and mask."""
+        return []
+
     def batches(self, split: Split, batch_size: int, limit: int | None = None) -> Iterator[Batch]:
         n = self.split_size(split)
         if limit is not None:

@@ -46,7 +46,7 @@ from .core import (
     MetricOutput,
     Split,
 )
-from .errors import UserError
+from .errors import SuiteError, UserError
 from .params import canonical_json, shown
 from .planner import Job, plan, replan
 from .seeding import derive_seed, make_generator
@@ -57,6 +57,7 @@ __all__ = [
     "EXECUTORS",
     "Reporter",
     "RunResult",
+    "check_files",
     "preflight_models",
     "resolve_device",
     "run_suite",
@@ -432,6 +433,22 @@ def preflight_models(suite: Suite, datasets: Mapping[str, Dataset], jobs: list[J
                 f"{where}: checking the model {spec.name!r} raised {type(exc).__name__}"
                 f"{': ' + first if first else ''}; fix its module or parameters"
             ) from exc
+
+
+def check_files(suite: Suite) -> list[Job]:
+    """What a run checks before any work, and more (``benchbox validate --deep``): build every
+    dataset, read every file it lists (``Dataset.verify``), preflight every model (module,
+    weights). Raises ``UserError`` (``SuiteError`` listing every unreadable file); returns the
+    plan."""
+    datasets = {d.path: _build_dataset(d, suite) for d in suite.datasets}
+    problems = [
+        f"{d.path}.{d.name}: {line}" for d in suite.datasets for line in datasets[d.path].verify()
+    ]
+    if problems:
+        raise SuiteError(suite.source, problems)
+    jobs = plan(suite, {path: frozenset(ds.provides) for path, ds in datasets.items()})
+    preflight_models(suite, datasets, jobs)
+    return jobs
 
 
 def _model_seed(spec: ComponentSpec, suite: Suite) -> int:

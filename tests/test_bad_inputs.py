@@ -238,6 +238,85 @@ def _truncated_torchscript(tmp: Path) -> None:
     (tmp / "net.pt").write_bytes((tmp / "net.pt").read_bytes()[:100])
 
 
+def _folder(
+    kind: str = "png",
+    *,
+    spoil: Callable[[Path], None] | None = None,
+    masks: bool = False,
+    rows: Callable[[list[str]], list[str]] | None = None,
+) -> Callable[[Path], None]:
+    """A dataset under tmp/data: six 8x8 files img0..img5 (``png``, ``npy`` or ``nii.gz``
+    volumes), a labels CSV whose split column puts img4, img5 in test; ``spoil(data)`` then
+    breaks something, ``rows`` edits the CSV lines."""
+
+    def files(tmp: Path) -> None:
+        from PIL import Image
+
+        data = tmp / "data"
+        data.mkdir()
+        rng = np.random.default_rng(0)
+        header = "image,label,split" + (",mask" if masks else "")
+        lines = [header]
+        for k, split in enumerate(["train", "train", "val", "val", "test", "test"]):
+            pixels = rng.random((8, 8))
+            name = f"img{k}.{kind}"
+            if kind == "png":
+                Image.fromarray((pixels * 255).astype(np.uint8)).save(data / name)
+            elif kind == "npy":
+                np.save(data / name, pixels.astype(np.float32))
+            else:
+                import nibabel as nib
+
+                volume = rng.random((8, 8, 8)).astype(np.float32)
+                nib.save(nib.Nifti1Image(volume, np.eye(4)), data / name)
+            lines.append(f"{name},{k % 2},{split}" + (",mask.png" if masks else ""))
+        if masks:
+            Image.fromarray(np.zeros((8, 8), np.uint8)).save(data / "mask.png")
+        if rows is not None:
+            lines = rows(lines)
+        (data / "labels.csv").write_text("\n".join(lines) + "\n")
+        if spoil is not None:
+            spoil(data)
+
+    return files
+
+
+def _truncate(name: str, keep: float = 0.5) -> Callable[[Path], None]:
+    def spoil(data: Path) -> None:
+        raw = (data / name).read_bytes()
+        (data / name).write_bytes(raw[: int(len(raw) * keep)])
+
+    return spoil
+
+
+def _corrupt_png(data: Path) -> None:
+    raw = bytearray((data / "img5.png").read_bytes())
+    at = raw.index(b"IDAT") + 8  # into the compressed pixels: the header still reads
+    raw[at : at + 2] = bytes(b ^ 0xFF for b in raw[at : at + 2])
+    (data / "img5.png").write_bytes(bytes(raw))
+
+
+def _nan_npy(data: Path) -> None:
+    arr = np.load(data / "img5.npy")
+    arr[3, 3] = np.nan
+    np.save(data / "img5.npy", arr)
+
+
+def _object_npy(data: Path) -> None:
+    payload = _Payload(data.parent / "pwned")
+    np.save(data / "img5.npy", np.array([payload], dtype=object), allow_pickle=True)
+
+
+def _rgb_mask(data: Path) -> None:
+    from PIL import Image
+
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(data / "mask.png")
+
+
+def _files_suite(kind: str = "image_folder", **params: Any) -> dict[str, Any]:
+    return {"datasets": [{kind: {"root": "{tmp}/data", **params}}]}
+
+
 def _images(tmp: Path, *, rows: list[str], mask_shape: tuple[int, int] = (8, 8)) -> None:
     """An image_folder under tmp/data: two 8x8 .npy images, a mask, and the CSV ``rows``."""
     data = tmp / "data"
@@ -513,6 +592,148 @@ CASES = [
         {"batch_size": -3, "methods": ["salency"], "seed": "x"},
         "3 problems",
         problems=3,
+    ),
+    # -- files a dataset lists: named relative to the root; `validate --deep` reads them all
+    Case(
+        "png-truncated-at-run-time",
+        _files_suite(),
+        "img5.png: cannot read this image (OSError: image file is truncated",
+        "run",
+        code=1,
+        rows=True,
+        files=_folder(spoil=_truncate("img5.png", 0.7)),
+    ),
+    Case(
+        "png-truncated-deep",
+        _files_suite(),
+        "datasets[0].image_folder: img5.png: cannot read this image (OSError: image file is "
+        "truncated",
+        extra_args=("--deep",),
+        files=_folder(spoil=_truncate("img5.png", 0.7)),
+    ),
+    Case(
+        "png-corrupt-at-run-time",
+        _files_suite(),
+        "img5.png: cannot read this image (OSError: broken data stream",
+        "run",
+        code=1,
+        rows=True,
+        files=_folder(spoil=_corrupt_png),
+    ),
+    Case(
+        "png-corrupt-deep",
+        _files_suite(),
+        "datasets[0].image_folder: img5.png: cannot read this image",
+        extra_args=("--deep",),
+        files=_folder(spoil=_corrupt_png),
+    ),
+    Case(
+        "npy-nan-at-run-time",
+        _files_suite(),
+        "img5.npy: 1 of 64 values are NaN or Inf",
+        "run",
+        code=1,
+        rows=True,
+        files=_folder("npy", spoil=_nan_npy),
+    ),
+    Case(
+        "npy-nan-deep",
+        _files_suite(),
+        "datasets[0].image_folder: img5.npy: 1 of 64 values are NaN or Inf",
+        extra_args=("--deep",),
+        files=_folder("npy", spoil=_nan_npy),
+    ),
+    Case(
+        "nifti-truncated-at-run-time",
+        _files_suite("nifti", mode="slices"),
+        "img5.nii.gz: cannot read this NIfTI file (EOFError",
+        "run",
+        code=1,
+        rows=True,
+        files=_folder("nii.gz", spoil=_truncate("img5.nii.gz")),
+    ),
+    Case(
+        "nifti-truncated-deep",
+        _files_suite("nifti", mode="slices"),
+        "datasets[0].nifti: img5.nii.gz: cannot read this NIfTI file (EOFError",
+        extra_args=("--deep",),
+        files=_folder("nii.gz", spoil=_truncate("img5.nii.gz")),
+    ),
+    Case(
+        "deep-lists-every-bad-file",
+        _files_suite(),
+        "img4.png: cannot read this image",
+        extra_args=("--deep",),
+        problems=2,
+        files=_folder(spoil=lambda d: (_truncate("img4.png", 0.7)(d), _corrupt_png(d))),
+    ),
+    Case(
+        "npy-object-dtype-never-unpickled",
+        _files_suite(),
+        "img5.npy: cannot read this image (ValueError: Array can't be memory-mapped: Python "
+        "objects in dtype.)",
+        "run",
+        files=_folder("npy", spoil=_object_npy),
+        after=_no_payload_ran,
+    ),
+    Case(
+        "mask-rgb",
+        _files_suite(),
+        "mask.png: mask has Pillow mode 'RGB' (3 channels); a mask has one channel",
+        "run",
+        files=_folder(masks=True, spoil=_rgb_mask),
+    ),
+    Case(
+        "csv-row-outside-root",
+        _files_suite(),
+        "image '../other/img.png' is outside the dataset root",
+        "run",
+        files=_folder(rows=lambda lines: [*lines, "../other/img.png,1,test"]),
+    ),
+    Case(
+        "csv-absolute-path-outside-root",
+        _files_suite(),
+        "image '/etc/hostname' is outside the dataset root",
+        "run",
+        files=_folder(rows=lambda lines: [*lines, "/etc/hostname,1,test"]),
+    ),
+    Case(
+        "csv-mask-outside-root",
+        _files_suite(),
+        "mask '../mask.png' is outside the dataset root",
+        "run",
+        files=_folder(
+            masks=True,
+            rows=lambda lines: [*lines[:-1], lines[-1].replace("mask.png", "../mask.png")],
+        ),
+    ),
+    Case(
+        "csv-empty",
+        _files_suite(),
+        "labels.csv: missing column 'image'; found no header",
+        "run",
+        files=_folder(spoil=lambda d: (d / "labels.csv").write_bytes(b"")),
+    ),
+    Case(
+        "csv-header-only",
+        _files_suite(),
+        "labels.csv: the labels CSV has no rows",
+        "run",
+        files=_folder(rows=lambda lines: lines[:1]),
+    ),
+    Case(
+        "csv-duplicate-sample-id",
+        _files_suite(),
+        "image 'img1.png' is listed again (first on line 3)",
+        "run",
+        files=_folder(rows=lambda lines: [*lines, "img1.png,0,test"]),
+    ),
+    Case(
+        "csv-not-utf8",
+        _files_suite(),
+        "cannot read the labels CSV",
+        "run",
+        files=_folder(spoil=lambda d: (d / "labels.csv").write_bytes(b"image,label\n\xff.png,1\n")),
     ),
     # -- user code is isolated: whatever it raises is that component's error
     Case(
