@@ -91,6 +91,10 @@ def run(
         bool,
         typer.Option("--report/--no-report", help="Write tables, figures and report.html."),
     ] = True,
+    allow_different_suites: Annotated[
+        bool,
+        typer.Option("--allow-different-suites", help="--baseline may be a run of another suite."),
+    ] = False,
 ) -> None:
     """Run a suite; write results/<suite>/<run_id>/ and print the summary."""
     from rich.progress import (
@@ -110,9 +114,12 @@ def run(
     tol = _tolerance(tolerance)
     base = None
     if baseline is not None:
-        from .compare import load_side
+        from .compare import check_same_suite, load_side
 
         base = load_side(baseline, "baseline")
+        check_same_suite(
+            base, s.name, f"--baseline: {suite}", allow_different_suites=allow_different_suites
+        )
     progress = Progress(
         TextColumn("[bold]{task.description:<48.48}"),
         BarColumn(),
@@ -160,7 +167,13 @@ def run(
     if base is not None:
         from .compare import compare as compare_runs
 
-        comparison = compare_runs(base, result.path, tolerance=tol, alpha=alpha)
+        comparison = compare_runs(
+            base,
+            result.path,
+            tolerance=tol,
+            alpha=alpha,
+            allow_different_suites=allow_different_suites,
+        )
         _print_comparison(comparison.to_markdown(), markdown)
         regressed = comparison.regressed
     if not result.computed:
@@ -212,11 +225,25 @@ def compare_cmd(
         Path | None,
         typer.Option(help="Also write the summary here (e.g. $GITHUB_STEP_SUMMARY)."),
     ] = None,
+    allow_different_suites: Annotated[
+        bool,
+        typer.Option(
+            "--allow-different-suites",
+            help="Compare runs of two suites on the rows they share (refused otherwise).",
+        ),
+    ] = False,
 ) -> None:
-    """Compare two runs metric by metric; exit 1 when one regressed beyond tolerance."""
+    """Compare two runs metric by metric; exit 1 when one regressed beyond tolerance, 2 when
+    they are runs of different suites or share no row."""
     from .compare import compare as compare_runs
 
-    comparison = compare_runs(baseline, new, tolerance=_tolerance(tolerance), alpha=alpha)
+    comparison = compare_runs(
+        baseline,
+        new,
+        tolerance=_tolerance(tolerance),
+        alpha=alpha,
+        allow_different_suites=allow_different_suites,
+    )
     _print_comparison(comparison.to_markdown(), markdown)
     raise typer.Exit(comparison.exit_code)
 

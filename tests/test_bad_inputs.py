@@ -317,6 +317,16 @@ def _files_suite(kind: str = "image_folder", **params: Any) -> dict[str, Any]:
     return {"datasets": [{kind: {"root": "{tmp}/data", **params}}]}
 
 
+def _summary_only(ctx: Ctx, run: Path, rename: dict[str, str] | None = None) -> Path:
+    """A copy of ``run``'s summary.csv alone in the case's folder, with names replaced."""
+    text = (run / "summary.csv").read_text()
+    for old, new in (rename or {}).items():
+        text = text.replace(old, new)
+    (ctx.tmp / "side").mkdir()
+    (ctx.tmp / "side" / "summary.csv").write_text(text)
+    return ctx.tmp / "side" / "summary.csv"
+
+
 def _images(tmp: Path, *, rows: list[str], mask_shape: tuple[int, int] = (8, 8)) -> None:
     """An image_folder under tmp/data: two 8x8 .npy images, a mask, and the CSV ``rows``."""
     data = tmp / "data"
@@ -1029,6 +1039,58 @@ CASES = [
         starts=lambda c: "--device",
     ),
     Case("suite-asks-cuda", {"device": "cuda"}, "'cuda' requested but no CUDA device", "run"),
+    # -- comparing runs
+    Case(
+        "compare-different-suites",
+        None,
+        "is a run of suite 'other', the baseline",
+        argv=lambda c: ["compare", str(c.earlier.run), str(c.earlier.other)],
+        starts=lambda c: str(c.earlier.other),
+    ),
+    Case(
+        "compare-summary-of-another-suite",
+        None,
+        "is a run of suite 'other'",
+        argv=lambda c: ["compare", str(c.earlier.run), str(_summary_only(c, c.earlier.other))],
+        starts=lambda c: str(c.tmp / "side" / "summary.csv"),
+    ),
+    Case(
+        "compare-nothing-shared",
+        None,
+        "nothing to compare: none of its",
+        argv=lambda c: [
+            "compare",
+            str(c.earlier.run),
+            str(_summary_only(c, c.earlier.run, {"tests.fakes:": "mine:"})),
+        ],
+        starts=lambda c: str(c.tmp / "side" / "summary.csv"),
+    ),
+    Case(
+        "compare-nothing-shared-even-allowed",
+        None,
+        "nothing to compare",
+        argv=lambda c: [
+            "compare",
+            str(c.earlier.other),
+            str(_summary_only(c, c.earlier.run, {"tests.fakes:": "mine:"})),
+            "--allow-different-suites",
+        ],
+        starts=lambda c: str(c.tmp / "side" / "summary.csv"),
+    ),
+    Case(
+        "run-baseline-of-another-suite",
+        {},
+        "is a run of suite 'tiny', the baseline",
+        argv=lambda c: [
+            "run",
+            str(c.suite),
+            "--output",
+            str(c.earlier.root),
+            "--baseline",
+            str(c.earlier.other),
+        ],
+        starts=lambda c: f"--baseline: {c.suite}",
+    ),
     # -- data files
     Case(
         "dataset-folder-missing",
@@ -1167,6 +1229,27 @@ def test_bad_input(
     if case.problems > 1 or problems:
         assert len(problems) == case.problems, r.err
     assert not new_runs  # refused before any work: no run folder was created
+
+
+def test_different_suites_compare_on_their_shared_rows_when_allowed(
+    earlier: Earlier, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    args = ("compare", str(earlier.run), str(earlier.other), "--allow-different-suites")
+    r = cli(capsys, monkeypatch, *args)
+    assert r.code == 0, r.err
+    assert "only in baseline" in r.out  # tests.fakes:Noise is in tiny only
+
+
+def test_validate_deep_passes_a_good_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _folder(masks=True)(tmp_path)
+    suite = tiny_suite(datasets=[_filled(_files_suite()["datasets"][0], tmp_path)])
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    r = cli(capsys, monkeypatch, "validate", str(path), "--deep")
+    assert r.code == 0, r.err
+    assert f"{path}: ok" in r.out
 
 
 def test_corpus_is_large_enough() -> None:
