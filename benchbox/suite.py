@@ -45,6 +45,7 @@ from .safe_yaml import read_yaml_file
 __all__ = ["ComponentSpec", "Suite", "load_suite", "parse_suite"]
 
 _SUITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_NAME_MAX = 100  # a folder name; file systems allow 255 bytes
 DEVICE = re.compile(r"^(cpu|auto|cuda(:\d+)?)$")  # what the suite and --device accept
 DEVICES = "cpu, cuda, cuda:N, auto"
 _SECTIONS = ("datasets", "models", "methods", "metrics")
@@ -147,10 +148,10 @@ def parse_suite(data: Any, *, source: str = "<suite>") -> Suite:
             problems.append(f"{label}: unknown field; {hint}valid fields: {', '.join(_FIELDS)}")
 
     name = data.get("name")
-    if not isinstance(name, str) or not _SUITE_NAME.match(name):
+    if not isinstance(name, str) or not _SUITE_NAME.match(name) or len(name) > _NAME_MAX:
         problems.append(
-            f"name: expected a name of letters, digits, '_', '-', '.' (used as a folder), "
-            f"got {shown(name)}"
+            f"name: expected a name of letters, digits, '_', '-', '.' (used as a folder), at "
+            f"most {_NAME_MAX} characters, got {shown(name)}"
         )
     version = data.get("version", 1)
     if not isinstance(version, (int, str)) or isinstance(version, bool):

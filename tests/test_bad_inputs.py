@@ -327,6 +327,34 @@ def _summary_only(ctx: Ctx, run: Path, rename: dict[str, str] | None = None) -> 
     return ctx.tmp / "side" / "summary.csv"
 
 
+def _png_bomb(data: Path) -> None:
+    """A 100-byte PNG whose header claims 20000 x 20000 pixels (a decompression bomb)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+        return struct.pack(">I", len(body)) + kind + body + crc
+
+    header = struct.pack(">IIBBBBB", 20_000, 20_000, 8, 0, 0, 0, 0)
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+    png += chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
+    (data / "img5.png").write_bytes(png)
+
+
+def _lying_npy(data: Path) -> None:
+    """A .npy whose header claims 10^10 values over 16 bytes of data."""
+    with (data / "img5.npy").open("wb") as f:
+        header = {"descr": "<f4", "fortran_order": False, "shape": (100_000, 100_000)}
+        np.lib.format.write_array_header_1_0(f, header)
+        f.write(b"\0" * 16)
+
+
+def _symlink_loop(data: Path) -> None:
+    (data / "img5.png").unlink()
+    (data / "img5.png").symlink_to(data / "img5.png")
+
+
 def _images(tmp: Path, *, rows: list[str], mask_shape: tuple[int, int] = (8, 8)) -> None:
     """An image_folder under tmp/data: two 8x8 .npy images, a mask, and the CSV ``rows``."""
     data = tmp / "data"
@@ -446,6 +474,8 @@ CASES = [
     # -- top-level fields
     Case("unknown-field", {"metrcs": ["x"]}, "metrcs: unknown field; did you mean 'metrics'?"),
     Case("missing-name", {"name": None}, "name: expected a name of letters, digits"),
+    Case("name-too-long", {"name": "x" * 300}, "at most 100 characters, got 'xxxx"),
+    Case("nul-byte-in-suite", _BASE + "version: a\x00b\n", "invalid YAML: unacceptable character"),
     Case("name-with-slash", {"name": "a b/c"}, "got 'a b/c'"),
     Case("seed-not-int", {"seed": "abc"}, "seed: expected an integer >= 0, got 'abc'"),
     Case("seed-negative", {"seed": -1}, "seed: expected an integer >= 0, got -1"),
@@ -744,6 +774,29 @@ CASES = [
         "cannot read the labels CSV",
         "run",
         files=_folder(spoil=lambda d: (d / "labels.csv").write_bytes(b"image,label\n\xff.png,1\n")),
+    ),
+    Case(
+        "png-decompression-bomb",
+        _files_suite(),
+        "img5.png: cannot read this image (DecompressionBombError",
+        "run",
+        files=_folder(spoil=_png_bomb),
+        fast=True,
+    ),
+    Case(
+        "npy-header-lies-about-its-size",
+        _files_suite(),
+        "img5.npy: cannot read this image",
+        "run",
+        files=_folder("npy", spoil=_lying_npy),
+        fast=True,
+    ),
+    Case(
+        "csv-image-symlink-loop",
+        _files_suite(),
+        "img5.png not found",
+        "run",
+        files=_folder(spoil=_symlink_loop),
     ),
     # -- user code is isolated: whatever it raises is that component's error
     Case(
