@@ -251,14 +251,13 @@ def _suite_data(path: Path) -> dict[str, Any]:
 
     ``load_suite`` gives the file and YAML errors (with line numbers); a suite that parses but
     does not validate may be one the overrides repair, so its mapping is read again."""
-    import yaml
-
+    from .safe_yaml import read_yaml_file
     from .suite import load_suite
 
     try:
         return dict(load_suite(path).raw)
     except SuiteError:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = read_yaml_file(path)  # the same limits: a duplicate key is refused here too
         if not isinstance(data, dict):
             raise
         return data

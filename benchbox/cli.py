@@ -91,6 +91,10 @@ def run(
         bool,
         typer.Option("--report/--no-report", help="Write tables, figures and report.html."),
     ] = True,
+    allow_different_suites: Annotated[
+        bool,
+        typer.Option("--allow-different-suites", help="--baseline may be a run of another suite."),
+    ] = False,
 ) -> None:
     """Run a suite; write results/<suite>/<run_id>/ and print the summary."""
     from rich.progress import (
@@ -110,9 +114,12 @@ def run(
     tol = _tolerance(tolerance)
     base = None
     if baseline is not None:
-        from .compare import load_side
+        from .compare import check_same_suite, load_side
 
         base = load_side(baseline, "baseline")
+        check_same_suite(
+            base, s.name, f"--baseline: {suite}", allow_different_suites=allow_different_suites
+        )
     progress = Progress(
         TextColumn("[bold]{task.description:<48.48}"),
         BarColumn(),
@@ -161,12 +168,23 @@ def run(
     if base is not None:
         from .compare import compare as compare_runs
 
-        comparison = compare_runs(base, result.path, tolerance=tol, alpha=alpha)
+        comparison = compare_runs(
+            base,
+            result.path,
+            tolerance=tol,
+            alpha=alpha,
+            allow_different_suites=allow_different_suites,
+        )
         _print_comparison(comparison.to_markdown(), markdown)
         regressed = comparison.regressed
-    if result.failed:
+    if not result.computed:
+        err.print(
+            "[red]no value was computed: every row is skipped or an error; see the status and "
+            "message columns of scores.parquet"
+        )
+    elif result.failed:
         err.print("[red]some jobs failed; see the status and message columns of scores.parquet")
-    if result.failed or regressed:
+    if result.failed or not result.computed or regressed:
         raise typer.Exit(EXIT_FAILED)
 
 
@@ -208,11 +226,25 @@ def compare_cmd(
         Path | None,
         typer.Option(help="Also write the summary here (e.g. $GITHUB_STEP_SUMMARY)."),
     ] = None,
+    allow_different_suites: Annotated[
+        bool,
+        typer.Option(
+            "--allow-different-suites",
+            help="Compare runs of two suites on the rows they share (refused otherwise).",
+        ),
+    ] = False,
 ) -> None:
-    """Compare two runs metric by metric; exit 1 when one regressed beyond tolerance."""
+    """Compare two runs metric by metric; exit 1 when one regressed beyond tolerance, 2 when
+    they are runs of different suites or share no row."""
     from .compare import compare as compare_runs
 
-    comparison = compare_runs(baseline, new, tolerance=_tolerance(tolerance), alpha=alpha)
+    comparison = compare_runs(
+        baseline,
+        new,
+        tolerance=_tolerance(tolerance),
+        alpha=alpha,
+        allow_different_suites=allow_different_suites,
+    )
     _print_comparison(comparison.to_markdown(), markdown)
     raise typer.Exit(comparison.exit_code)
 
@@ -328,13 +360,28 @@ def _print_summary(summary: pd.DataFrame) -> None:
 
 
 @app.command()
-def validate(suite: Annotated[Path, typer.Argument(help="Suite YAML file.")]) -> None:
+def validate(
+    suite: Annotated[Path, typer.Argument(help="Suite YAML file.")],
+    deep: Annotated[
+        bool,
+        typer.Option(
+            "--deep",
+            help="Also build every dataset and read every file it lists (images, masks: "
+            "corrupt, truncated, NaN), and check your models' modules and weights files.",
+        ),
+    ] = False,
+) -> None:
     """Check a suite: every problem is reported with its YAML path; exit 2 if any."""
     from .planner import plan
     from .suite import load_suite
 
     s = load_suite(suite)
-    jobs = plan(s)
+    if deep:
+        from .runner import check_files
+
+        jobs = check_files(s)
+    else:
+        jobs = plan(s)
     skipped = [j for j in jobs if j.skip_reason]
     out.print(
         f"{suite}: ok — {len(s.datasets)} dataset(s) × {len(s.models)} model(s) × "

@@ -34,6 +34,10 @@ replicas are not independent samples). The table reports each side's spread acro
 a regression smaller than that spread is flagged in its note, since another training run (or
 another CPU, whose float kernels train other weights) moves the mean that much by itself.
 
+Two runs of different suites (different suite names) are refused (``UserError``, exit 2) unless
+``allow_different_suites=True`` (``--allow-different-suites``), and so is a comparison in which no
+row is on both sides: a gate that compared nothing must not pass.
+
 Status changes count too: a row that had values and now errors, is skipped or has no finite value
 is a regression. Rows found on one side only and rows whose parameters changed (dataset, model,
 method or metric parameters, read from each side's ``manifest.json``) are reported, never tested:
@@ -62,6 +66,7 @@ __all__ = [
     "REGRESSIONS",
     "Comparison",
     "RunTables",
+    "check_same_suite",
     "compare",
     "load_side",
     "parse_tolerance",
@@ -140,6 +145,21 @@ class RunTables:
     manifest: dict[str, Any] | None
     scores: pd.DataFrame | None  # ok rows only: KEY + sample_id + value
 
+    @property
+    def suite(self) -> str | None:
+        """The suite's name: from the manifest, else the summary's ``suite`` column."""
+        if self.manifest is not None:
+            name = self.manifest.get("suite") or (self.manifest.get("resolved_suite") or {}).get(
+                "name"
+            )
+            if isinstance(name, str):
+                return name
+        if "suite" in self.summary.columns:
+            names = set(self.summary["suite"].dropna().astype(str))
+            if len(names) == 1:
+                return names.pop()
+        return None
+
     def params(self) -> dict[str, dict[str, Any]] | None:
         """``{"methods": {name: params}, ...}`` from the manifest's resolved suite."""
         if self.manifest is None or "resolved_suite" not in self.manifest:
@@ -217,6 +237,22 @@ def load_side(source: Any, role: str = "baseline") -> RunTables:
         # stays NaN and drops out of the pairing).
         scores = replica_means(raw[(raw["status"] == "ok") & raw["sample_id"].notna()], KEY)
     return RunTables(str(path), summary, manifest, scores)
+
+
+def check_same_suite(
+    base: RunTables, new_suite: str | None, new_label: str, *, allow_different_suites: bool
+) -> None:
+    """``UserError`` when the baseline is a run of another suite than ``new_suite`` (names
+    known on both sides), unless ``allow_different_suites``. ``benchbox run --baseline`` calls
+    it before running, so the mistake costs nothing."""
+    old = base.suite
+    if allow_different_suites or old is None or new_suite is None or old == new_suite:
+        return
+    raise UserError(
+        f"{new_label}: is a run of suite {new_suite!r}, the baseline {base.label} of suite "
+        f"{old!r}; compare runs of one suite, or pass --allow-different-suites to compare the "
+        f"rows they share"
+    )
 
 
 # -- tolerance -------------------------------------------------------------------------------------
@@ -439,6 +475,7 @@ def compare(
     *,
     tolerance: float | Mapping[str, float] = DEFAULT_TOLERANCE,
     alpha: float = 0.05,
+    allow_different_suites: bool = False,
 ) -> Comparison:
     """Compare run ``new`` against ``baseline``; ``Comparison.regressed`` is the CI gate.
 
@@ -449,9 +486,12 @@ def compare(
         tolerance: absolute change, in the metric's units, that a regression must exceed: one
             number, or ``{"*": default, "metric": t, "metric.variant": t}``.
         alpha: family-wise significance level of the Holm-corrected tests.
+        allow_different_suites: compare runs of two suites (different names) on the rows they
+            share; refused otherwise.
 
-    Raises ``UserError`` for a missing or unreadable side, an unknown metric in ``tolerance``, or
-    an ``alpha`` outside (0, 1). See the module docstring for the tests and the verdicts.
+    Raises ``UserError`` for a missing or unreadable side, runs of different suites, runs that
+    share no row, an unknown metric in ``tolerance``, or an ``alpha`` outside (0, 1). See the
+    module docstring for the tests and the verdicts.
     """
     import pandas as pd
 
@@ -461,6 +501,7 @@ def compare(
         raise UserError(f"alpha: expected a number in (0, 1), e.g. 0.05, got {alpha!r}")
     base = load_side(baseline, "baseline")
     cur = load_side(new, "new run")
+    check_same_suite(base, cur.suite, cur.label, allow_different_suites=allow_different_suites)
     metrics = {
         (str(m), str(v))
         for s in (base.summary, cur.summary)
@@ -473,6 +514,13 @@ def compare(
     b = base.summary.set_index(KEY)
     c = cur.summary.set_index(KEY)
     keys = list(dict.fromkeys([*b.index, *c.index]))  # baseline's order, then new-only rows
+    # Shared at the metric's level: a metric with variants that now fails writes one row.
+    if not {k[:4] for k in b.index} & {k[:4] for k in c.index}:
+        raise UserError(
+            f"{cur.label}: nothing to compare: none of its {len(c)} rows (dataset, model, "
+            f"method, metric) is in the baseline {base.label} ({len(b)} rows); compare two "
+            f"runs of one suite, or make a new baseline"
+        )
     # (dataset, model, method, metric) -> statuses, to tie a variant-less error row of a metric
     # that used to have variants (a metric that now fails writes one row with variant '').
     groups_b = _statuses(base.summary)

@@ -171,6 +171,12 @@ class Dataset(Component, ABC):
         """
         return {}
 
+    def verify(self) -> list[str]:
+        """Read every file the dataset uses and return one line per file that cannot be used
+        (``benchbox validate --deep``); reading a file is otherwise lazy, at its first batch.
+        Default: nothing to read (generated data). File datasets decode every image and mask."""
+        return []
+
     def batches(self, split: Split, batch_size: int, limit: int | None = None) -> Iterator[Batch]:
         n = self.split_size(split)
         if limit is not None:
@@ -233,6 +239,16 @@ class ModelBuilder(Component, ABC):
     def build(
         self, dataset: Dataset, *, seed: int, device: torch.device, batch_size: int
     ) -> ExplainedModel: ...
+
+    def preflight(self, dataset: Dataset, *, seed: int) -> None:
+        """Check what the user supplied (their module, weights files) before any job runs.
+
+        The runner calls it for every model a run will build, before it creates the run folder,
+        so a wrong path or a bad checkpoint is an input error (exit 2) rather than a run of
+        error rows. It must be cheap and must not train: it imports, constructs and loads, it
+        does not evaluate (what depends on the data is ``build``'s). Raise ``UserError``.
+        Default: nothing to check (a built-in model has no user-supplied parts).
+        """
 
 
 class Method(Component, ABC):

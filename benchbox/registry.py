@@ -43,12 +43,36 @@ def import_object(path: str) -> Any:
         obj: Any = importlib.import_module(module_name)
     except ImportError as exc:
         raise UserError(f"cannot import module {module_name!r} named in {path!r}: {exc}") from exc
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # the user's module failed on import: SystemExit too
+        raise UserError(
+            f"cannot import module {module_name!r} named in {path!r}: importing it raised "
+            f"{_failure(exc)}; fix the module (importing it must not fail or exit)"
+        ) from exc
     for part in attr.split("."):
         try:
             obj = getattr(obj, part)
         except AttributeError:
             raise UserError(f"module {module_name!r} has no attribute {attr!r}") from None
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # a module-level __getattr__ of the user's
+            raise UserError(
+                f"module {module_name!r}: getting {attr!r} raised {_failure(exc)}; fix the module"
+            ) from exc
     return obj
+
+
+def _failure(exc: BaseException) -> str:
+    """``Type: first line`` of an exception raised by user code (``SyntaxError`` with its line)."""
+    if isinstance(exc, SyntaxError):
+        where = f" ({exc.filename}, line {exc.lineno})" if exc.filename else ""
+        return f"SyntaxError: {exc.msg}{where}"
+    if isinstance(exc, SystemExit):
+        return f"SystemExit({exc.code!r}) (it calls sys.exit)"
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
 @dataclass

@@ -46,14 +46,22 @@ from .core import (
     MetricOutput,
     Split,
 )
-from .errors import UserError
-from .params import canonical_json
+from .errors import SuiteError, UserError
+from .params import canonical_json, shown
 from .planner import Job, plan, replan
 from .seeding import derive_seed, make_generator
 from .store import RunStore, fault_point, read_summary
-from .suite import ComponentSpec, Suite
+from .suite import DEVICE, DEVICES, ComponentSpec, Suite
 
-__all__ = ["EXECUTORS", "Reporter", "RunResult", "resolve_device", "run_suite"]
+__all__ = [
+    "EXECUTORS",
+    "Reporter",
+    "RunResult",
+    "check_files",
+    "preflight_models",
+    "resolve_device",
+    "run_suite",
+]
 
 EXECUTORS = ("local", "dask")
 
@@ -89,6 +97,12 @@ class RunResult:
     note: str = ""  # e.g. what a resume found: "3 of 8 jobs already finished"
 
     @property
+    def computed(self) -> bool:
+        """Whether any row has a value; ``benchbox run`` exits 1 for a run that computed
+        nothing (every row skipped or failed), never 0."""
+        return bool((self.summary["n"] > 0).any()) if len(self.summary) else False
+
+    @property
     def scores(self) -> pd.DataFrame:
         return pd.read_parquet(self.path / "scores.parquet")
 
@@ -98,7 +112,13 @@ class RunResult:
 
 
 def resolve_device(requested: str, source: str = "suite") -> torch.device:
-    """``cpu``, ``cuda``, ``cuda:N`` or ``auto``; a clear error when CUDA is asked for, absent."""
+    """``cpu``, ``cuda``, ``cuda:N`` or ``auto``; a clear error when CUDA is asked for, absent,
+    or the name is none of these (``--device tpu`` must not quietly run on the CPU)."""
+    if not isinstance(requested, str) or not DEVICE.match(requested):
+        raise UserError(
+            f"{source}: unknown device {shown(requested)}; valid devices: {DEVICES} "
+            f"(N = 0, 1, ...: a GPU's index)"
+        )
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if requested.startswith("cuda"):
@@ -144,7 +164,11 @@ def run_suite(
         cache: use the attribution cache; default: on unless ``BENCHBOX_ATTRIBUTION_CACHE=0``.
     """
     rep = reporter or _Silent()
-    dev = resolve_device(device or suite.device, source="--device" if device else suite.source)
+    dev = (
+        resolve_device(suite.device, source=suite.source)
+        if device is None
+        else resolve_device(device, source="--device")
+    )
     if executor not in EXECUTORS:
         raise UserError(
             f"--executor: unknown executor {executor!r}; use one of {', '.join(EXECUTORS)}"
@@ -172,6 +196,10 @@ def run_suite(
     # before any work or any results folder exists, and the plan sees what each one provides.
     datasets = {d.path: _build_dataset(d, suite) for d in suite.datasets}
     jobs = plan(suite, {path: frozenset(ds.provides) for path, ds in datasets.items()})
+    # So are the user's models and weights files (cheap checks, no training): a missing or
+    # corrupt checkpoint is an input error too, found before the run folder exists.
+    finished = store.finished() if store is not None else set()
+    preflight_models(suite, datasets, [j for j in jobs if j.index not in finished])
     if store is None:
         # What a resume checks is written now, so a run killed at any later point can resume.
         meta = {
@@ -297,7 +325,9 @@ class _RunContext:
                 self.store.write_model_info(key, {**info, **model.info})
             except UserError as exc:
                 model_error = f"{suite.source}: {m.path}: {exc}"
-            except Exception as exc:  # recorded as error rows; the run goes on
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # user code, SystemExit too: error rows; the run goes on
                 model_error = f"building model {m.name!r} failed: {type(exc).__name__}: {exc}"
             fault_point("model")
         self.rep.advance()
@@ -387,6 +417,51 @@ def _build_dataset(spec: ComponentSpec, suite: Suite) -> Dataset:
     return ds
 
 
+def preflight_models(suite: Suite, datasets: Mapping[str, Dataset], jobs: list[Job]) -> None:
+    """``ModelBuilder.preflight`` of every (dataset, model) pair that one of ``jobs`` will
+    build: imports the user's module, constructs the network, reads and applies the weights
+    (``benchbox.models.external``); built-in models have nothing to check. Any failure is a
+    ``UserError`` naming the suite file and the model's YAML path (exit 2)."""
+    pairs = {(j.dataset.path, j.model.path): j.model for j in jobs if j.skip_reason is None}
+    for (d_path, _), spec in pairs.items():
+        where = f"{suite.source}: {spec.path}"
+        try:
+            builder = spec.build()
+            check = getattr(builder, "preflight", None)
+            if check is not None:
+                check(datasets[d_path], seed=_model_seed(spec, suite))
+        except UserError as exc:
+            raise UserError(f"{where}: {exc}") from exc
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # the user's constructor or factory
+            first = (str(exc).strip().splitlines() or [""])[0]
+            raise UserError(
+                f"{where}: checking the model {spec.name!r} raised {type(exc).__name__}"
+                f"{': ' + first if first else ''}; fix its module or parameters"
+            ) from exc
+
+
+def check_files(suite: Suite) -> list[Job]:
+    """What a run checks before any work, and more (``benchbox validate --deep``): build every
+    dataset, read every file it lists (``Dataset.verify``), preflight every model (module,
+    weights). Raises ``UserError`` (``SuiteError`` listing every unreadable file); returns the
+    plan."""
+    datasets = {d.path: _build_dataset(d, suite) for d in suite.datasets}
+    problems = [
+        f"{d.path}.{d.name}: {line}" for d in suite.datasets for line in datasets[d.path].verify()
+    ]
+    if problems:
+        raise SuiteError(suite.source, problems)
+    jobs = plan(suite, {path: frozenset(ds.provides) for path, ds in datasets.items()})
+    preflight_models(suite, datasets, jobs)
+    return jobs
+
+
+def _model_seed(spec: ComponentSpec, suite: Suite) -> int:
+    return derive_seed(suite.seed, "model", spec.name, spec.params_json)
+
+
 def _build_model(
     spec: ComponentSpec,
     ds: Dataset,
@@ -404,7 +479,7 @@ def _build_model(
     evaluate the dataset's probe sets into ``info`` (a Dask worker, whose facts the driver has
     recorded already, skips them)."""
     builder = spec.build(**overrides)
-    seed = derive_seed(suite.seed, "model", spec.name, spec.params_json)
+    seed = _model_seed(spec, suite)
     model = builder.build(ds, seed=seed, device=dev, batch_size=suite.batch_size)
     model.module.eval()
     for name, (split, transform) in (ds.probe_sets() if probes else {}).items():
@@ -616,6 +691,34 @@ def _save_examples(run_dir: Path, job: Job, batch: Batch, attr: Tensor) -> None:
     )
 
 
+class _Guarded:
+    """An iterator over ``items`` that stops at the first exception and keeps it as ``error``
+    (a message starting with ``what``), so that a dataset failing mid-job gives the job's
+    error rows, not a crash: user code, ``SystemExit`` included; only ``KeyboardInterrupt``
+    passes. A ``UserError`` (a file that cannot be read) keeps its own message."""
+
+    def __init__(self, items: Any, what: str) -> None:
+        self._it = iter(items)
+        self._what = what
+        self.error: str | None = None
+
+    def __iter__(self) -> _Guarded:
+        return self
+
+    def __next__(self) -> Any:
+        if self.error is not None:
+            raise StopIteration
+        try:
+            return next(self._it)
+        except (StopIteration, KeyboardInterrupt):
+            raise
+        except UserError as exc:
+            self.error = f"{self._what} failed: {exc}"
+        except BaseException as exc:
+            self.error = f"{self._what} failed: {type(exc).__name__}: {exc}"
+        raise StopIteration
+
+
 def _check_attribution(name: str, attr: Any, batch: Batch) -> None:
     expected = (len(batch), 1, *batch.x.shape[2:])
     if not isinstance(attr, torch.Tensor) or tuple(attr.shape) != expected:
@@ -646,7 +749,9 @@ def _execute_job(
     try:
         method: Method = job.method.build()
         metrics: list[Metric] = [s.build() for s in job.metrics]
-    except Exception as exc:  # validated already; a failure here is recorded, not fatal
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # validated already; a failure here is recorded, not fatal
         return _job_rows(job, suite, run_id, "error", f"building the job failed: {exc}"), None
     # Separate generators: adding a metric never changes another's draws or the method's.
     method_gen = make_generator(derive_seed(suite.seed, *job.key, "method"), dev)
@@ -688,13 +793,21 @@ def _execute_job(
     method_error: str | None = None
     dropped: list[_Dropped] = []  # samples taken out for non-finite values, with the reason
 
-    for cpu_batch in ds.batches("test", suite.batch_size, suite.limit):
+    reading = _Guarded(ds.batches("test", suite.batch_size, suite.limit), "reading the test data")
+    for cpu_batch in reading:
         if method_error is not None:
             advance(1)
             continue
         batch = cpu_batch.to(dev)
-        with torch.no_grad():
-            logits = model(batch.x)
+        try:
+            with torch.no_grad():
+                logits = model(batch.x)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # the model's code failed on this batch: the job's rows
+            method_error = f"model {job.model.name!r} failed: {type(exc).__name__}: {exc}"
+            advance(1)
+            continue
         pred = logits.argmax(dim=1)
         # A one-score model (anomaly detection) has a single "class" to explain, whatever the
         # label says; otherwise the suite chooses the prediction or the label.
@@ -727,7 +840,9 @@ def _execute_job(
                 _check_attribution(job.method.name, attr, batch)
                 if cache is not None:
                     cache.save(key, attr, method_gen)
-        except Exception as exc:  # the job's rows say why; the run goes on
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # the job's rows say why; the run goes on
             method_error = f"method {job.method.name!r} failed: {type(exc).__name__}: {exc}"
             advance(1)
             continue
@@ -751,7 +866,9 @@ def _execute_job(
             ctx = MetricContext(model, batch, attr, method, gen, suite.batch_size, rebuild)
             try:
                 out = metric.score(ctx)
-            except Exception as exc:  # recorded as this metric's error rows
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # recorded as this metric's error rows
                 errors[i] = f"metric {job.metrics[i].name!r} failed: {type(exc).__name__}: {exc}"
                 continue
             outputs = {"": out} if isinstance(out, MetricOutput) else dict(out)
@@ -770,6 +887,7 @@ def _execute_job(
         _release_freed_memory()
         advance(1)
 
+    method_error = method_error or reading.error
     if method_error is not None:
         return _job_rows(job, suite, run_id, "error", method_error), None
 

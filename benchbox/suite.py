@@ -37,16 +37,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from . import registry
 from .errors import SuiteError, UserError
-from .params import canonical_json, validate_params
+from .params import (
+    LIMITS,
+    MAX_SAMPLES,
+    MAX_SEED,
+    MAX_SIZE,
+    canonical_json,
+    shown,
+    validate_params,
+)
+from .safe_yaml import read_yaml_file
 
 __all__ = ["ComponentSpec", "Suite", "load_suite", "parse_suite"]
 
 _SUITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_DEVICE = re.compile(r"^(cpu|auto|cuda(:\d+)?)$")
+_NAME_MAX = 100  # a folder name; file systems allow 255 bytes
+DEVICE = re.compile(r"^(cpu|auto|cuda(:\d+)?)$")  # what the suite and --device accept
+DEVICES = "cpu, cuda, cuda:N, auto"
 _SECTIONS = ("datasets", "models", "methods", "metrics")
 _BUILT_AT_VALIDATION = ("methods", "metrics")
 # One replica trains one more model: a bound that keeps a typo (300 for 3) from costing hours.
@@ -145,17 +154,7 @@ def load_suite(path: str | Path) -> Suite:
         raise UserError(f"{p}: suite file not found; check the path (e.g. suites/quickstart.yaml)")
     if p.is_dir():
         raise UserError(f"{p}: is a directory; give the path of a suite .yaml file")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{p}: cannot read the suite file: {exc}") from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{p}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(p)
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise UserError(f"{where}: invalid YAML: {problem}; fix the syntax at that line") from None
+    data = read_yaml_file(p)
     return parse_suite(data, source=str(p))
 
 
@@ -170,31 +169,32 @@ def parse_suite(data: Any, *, source: str = "<suite>") -> Suite:
         if key not in _FIELDS:
             close = difflib.get_close_matches(str(key), _FIELDS, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
-            problems.append(f"{key}: unknown field; {hint}valid fields: {', '.join(_FIELDS)}")
+            label = key if isinstance(key, str) and len(key) <= 60 else shown(key)
+            problems.append(f"{label}: unknown field; {hint}valid fields: {', '.join(_FIELDS)}")
 
     name = data.get("name")
-    if not isinstance(name, str) or not _SUITE_NAME.match(name):
+    if not isinstance(name, str) or not _SUITE_NAME.match(name) or len(name) > _NAME_MAX:
         problems.append(
-            f"name: expected a name of letters, digits, '_', '-', '.' (used as a folder), "
-            f"got {name!r}"
+            f"name: expected a name of letters, digits, '_', '-', '.' (used as a folder), at "
+            f"most {_NAME_MAX} characters, got {shown(name)}"
         )
     version = data.get("version", 1)
     if not isinstance(version, (int, str)) or isinstance(version, bool):
-        problems.append(f"version: expected an integer or a string, got {version!r}")
-    seed = _int_field(data, "seed", 0, minimum=0, problems=problems)
-    batch_size = _int_field(data, "batch_size", 64, minimum=1, problems=problems)
+        problems.append(f"version: expected an integer or a string, got {shown(version)}")
+    seed = _int_field(data, "seed", 0, minimum=0, maximum=MAX_SEED, problems=problems)
+    batch_size = _int_field(data, "batch_size", 64, minimum=1, maximum=MAX_SIZE, problems=problems)
     limit = data.get("limit")
     if limit is not None:
-        limit = _int_field(data, "limit", None, minimum=1, problems=problems)
+        limit = _int_field(data, "limit", None, minimum=1, maximum=MAX_SAMPLES, problems=problems)
     device = data.get("device", "cpu")
-    if not isinstance(device, str) or not _DEVICE.match(device):
-        problems.append(f"device: expected one of cpu, cuda, cuda:N, auto, got {device!r}")
+    if not isinstance(device, str) or not DEVICE.match(device):
+        problems.append(f"device: expected one of {DEVICES}, got {shown(device)}")
     target = data.get("target", "prediction")
     if target not in ("prediction", "label"):
-        problems.append(f"target: expected one of 'prediction', 'label', got {target!r}")
+        problems.append(f"target: expected one of 'prediction', 'label', got {shown(target)}")
     output = data.get("output", "results")
     if not isinstance(output, str) or not output:
-        problems.append(f"output: expected a directory path, got {output!r}")
+        problems.append(f"output: expected a directory path, got {shown(output)}")
 
     sections = {s: _parse_section(data, s, problems) for s in _SECTIONS}
 
@@ -216,12 +216,25 @@ def parse_suite(data: Any, *, source: str = "<suite>") -> Suite:
 
 
 def _int_field(
-    data: dict[str, Any], key: str, default: int | None, *, minimum: int, problems: list[str]
+    data: dict[str, Any],
+    key: str,
+    default: int | None,
+    *,
+    minimum: int,
+    maximum: int,
+    problems: list[str],
 ) -> int | None:
+    """``data[key]`` if it is an integer in [minimum, maximum] (the bounds of
+    ``benchbox.params``), else a problem and ``default``."""
     value = data.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         bound = "> 0" if minimum == 1 else f">= {minimum}"
-        problems.append(f"{key}: expected an integer {bound}, got {value!r}")
+        problems.append(f"{key}: expected an integer {bound}, got {shown(value)}")
+        return default
+    if value > maximum:
+        problems.append(
+            f"{key}: expected an integer <= {maximum:,} ({LIMITS[maximum]}), got {shown(value)}"
+        )
         return default
     return value
 
@@ -237,7 +250,7 @@ def _parse_section(data: dict[str, Any], section: str, problems: list[str]) -> l
     if isinstance(items, (str, dict)):
         items = [items]  # a single component is a list of one
     if not isinstance(items, list) or not items:
-        problems.append(f"{section}: expected a non-empty list of {reg.kind}s, got {items!r}")
+        problems.append(f"{section}: expected a non-empty list of {reg.kind}s, got {shown(items)}")
         return []
     specs: list[ComponentSpec] = []
     seen: dict[str, str] = {}
@@ -250,16 +263,18 @@ def _parse_section(data: dict[str, Any], section: str, problems: list[str]) -> l
             name, params = next(iter(item.items()))
             params = {} if params is None else params
             if not isinstance(params, dict):
-                problems.append(f"{path}.{name}: expected a mapping of parameters, got {params!r}")
+                problems.append(
+                    f"{path}.{name}: expected a mapping of parameters, got {shown(params)}"
+                )
                 continue
         else:
             problems.append(
                 f"{path}: expected a {reg.kind} name or a one-key mapping "
-                f"{{name: {{params}}}}, got {item!r}"
+                f"{{name: {{params}}}}, got {shown(item)}"
             )
             continue
         if not isinstance(name, str):
-            problems.append(f"{path}: expected a {reg.kind} name, got {name!r}")
+            problems.append(f"{path}: expected a {reg.kind} name, got {shown(name)}")
             continue
         replicas = 1
         if section == "models" and "replicas" in params:
@@ -308,6 +323,6 @@ def _parse_section(data: dict[str, Any], section: str, problems: list[str]) -> l
 
 def _replicas(value: Any, path: str, problems: list[str]) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_REPLICAS:
-        problems.append(f"{path}: expected an integer from 1 to {MAX_REPLICAS}, got {value!r}")
+        problems.append(f"{path}: expected an integer from 1 to {MAX_REPLICAS}, got {shown(value)}")
         return 1
     return value

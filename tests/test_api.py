@@ -157,3 +157,11 @@ def test_report_calls_write_report(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.setitem(sys.modules, "benchbox.report", types.ModuleType("benchbox.report"))
     with pytest.raises(UserError, match=r"cannot write a report: .* no benchbox\.report"):
         res.report()
+
+
+def test_overrides_do_not_let_a_duplicate_key_through(tmp_path: Path) -> None:
+    """A suite that fails validation is read again for the overrides: with the same loader."""
+    path = tmp_path / "dup.yaml"
+    path.write_text("name: x\nseed: 1\nseed: 2\n")
+    with pytest.raises(SuiteError, match="duplicate key 'seed'"):
+        benchbox.run(path, limit=4)

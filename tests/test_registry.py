@@ -152,3 +152,49 @@ def test_every_builtin_resolves_to_its_base_class(kind: str, name: str) -> None:
     assert doc and not doc.startswith("(unavailable"), doc
     if kind == "metrics":
         assert isinstance(cls.higher_is_better, bool)
+
+
+def _int_bounds(annotation: Any, metadata: list[Any]) -> list[tuple[bool, bool]]:
+    """(has a lower bound, has an upper bound) of every ``int`` inside a field's annotation."""
+    import typing
+
+    import annotated_types
+
+    out: list[tuple[bool, bool]] = []
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        inner, *extra = typing.get_args(annotation)
+        flat = [m for e in extra for m in (getattr(e, "metadata", None) or [e])]
+        return _int_bounds(inner, [*metadata, *flat])
+    if annotation is int:
+        lo = any(isinstance(m, (annotated_types.Ge, annotated_types.Gt)) for m in metadata)
+        hi = any(isinstance(m, (annotated_types.Le, annotated_types.Lt)) for m in metadata)
+        custom = any(type(m).__name__ == "BeforeValidator" for m in metadata)
+        return [(lo or custom, hi or custom)]
+    for arg in typing.get_args(annotation):
+        union = origin is typing.Union or origin is types.UnionType
+        out += _int_bounds(arg, metadata if union else [])
+    return out
+
+
+BUILTINS = [(kind, name) for kind, reg in REGISTRIES.items() for name in reg._entries]
+
+
+@pytest.mark.parametrize(("kind", "name"), BUILTINS, ids=[f"{k}:{n}" for k, n in BUILTINS])
+def test_every_integer_parameter_is_bounded(kind: str, name: str) -> None:
+    """A count or size without an upper bound lets ``steps: 100000000000`` through validation
+    to fail at run time; every built-in declares one (the shared types of benchbox.params)."""
+    from benchbox.params import _params_model
+
+    cls = REGISTRIES[kind].get(name)
+    for field_name, info in _params_model(cls).model_fields.items():
+        for lo, hi in _int_bounds(info.annotation, list(info.metadata)):
+            assert lo and hi, f"{name}.{field_name}: an int without bounds ({info.annotation})"
+
+
+def test_third_party_integers_are_bounded_by_their_name() -> None:
+    from benchbox.params import Count, Int64, Pixels, Seed, int_type_for
+
+    assert int_type_for("n_steps") is Count and int_type_for("nr_samples") is Count
+    assert int_type_for("features_in_step") is Pixels and int_type_for("subset_size") is Pixels
+    assert int_type_for("seed") is Seed and int_type_for("target") is Int64

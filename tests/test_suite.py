@@ -187,3 +187,31 @@ def test_wrapped_method_params_are_validated_resolved_and_its_needs_inherited() 
     from benchbox.core import Capability
 
     assert Capability.TARGET_LAYER in spec.needs
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "suites").glob("*.yaml")), ids=lambda p: p.name)
+def test_bundled_suites_validate_with_strict_types_and_bounds(path: Path) -> None:
+    load_suite(path)
+
+
+def test_strict_types_keep_yaml_lists_for_tuples_and_integers_for_floats() -> None:
+    """JSON has neither tuples nor a separate integer type, so neither may be an error."""
+    from benchbox.datasets.files import NiftiFolder
+    from benchbox.methods.controls import Centre
+    from benchbox.params import validate_params
+
+    resolved, problems = validate_params(NiftiFolder, {"root": "x", "percentiles": [1, 99]}, "d")
+    assert problems == [] and resolved["percentiles"] == (1.0, 99.0)
+    resolved, problems = validate_params(Centre, {"sigma": 1}, "m")
+    assert problems == [] and resolved["sigma"] == 1.0 and isinstance(resolved["sigma"], float)
+    _, problems = validate_params(Centre, {"sigma": "1"}, "m")
+    assert problems == ["m.sigma: expected a number, got '1'"]
+
+
+def test_long_values_are_shortened_in_messages() -> None:
+    with pytest.raises(SuiteError) as info:
+        parse_suite(tiny_suite(seed=list(range(10_000))), source="s.yaml")
+    assert len(str(info.value)) < 300, str(info.value)

@@ -34,6 +34,7 @@ from ..errors import UserError
 
 __all__ = [
     "DicomInfo",
+    "FileError",
     "Header",
     "ItemCache",
     "decoding",
@@ -93,6 +94,25 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {line[:200]}" if line else type(exc).__name__
 
 
+class FileError(UserError):
+    """A problem with one file: ``path``, and ``problem`` (what is wrong and the fix).
+
+    The message is ``"<shown>: <problem>"``; a dataset re-raises it with the path shown
+    relative to its root (``FileError.under``), so the line names the file as the CSV does."""
+
+    def __init__(self, path: Path, problem: str, shown: str | None = None) -> None:
+        self.path, self.problem = Path(path), problem
+        super().__init__(f"{shown or path}: {problem}")
+
+    def under(self, root: Path) -> FileError:
+        """The same error, naming the file relative to ``root`` (and saying which root)."""
+        try:
+            rel = self.path.relative_to(root)
+        except ValueError:
+            return self
+        return FileError(self.path, f"{self.problem} (dataset root: {root})", str(rel))
+
+
 @contextmanager
 def decoding(path: Path, what: str) -> Iterator[None]:
     """Turn any decoder failure on ``path`` into one ``UserError`` line naming the file.
@@ -106,9 +126,10 @@ def decoding(path: Path, what: str) -> Iterator[None]:
     except (UserError, MemoryError):
         raise
     except Exception as exc:
-        raise UserError(
-            f"{path}: cannot read this {what} ({_first_line(exc)}); replace the file or "
-            f"re-export it, or remove its row"
+        raise FileError(
+            path,
+            f"cannot read this {what} ({_first_line(exc)}); replace the file or "
+            f"re-export it, or remove its row",
         ) from exc
 
 
@@ -117,9 +138,10 @@ def require_finite(arr: np.ndarray, path: Path) -> None:
     if arr.dtype.kind in "fc":
         bad = int(np.count_nonzero(~np.isfinite(arr)))
         if bad:
-            raise UserError(
-                f"{path}: {bad} of {arr.size} values are NaN or Inf; fix the file (e.g. "
-                f"np.nan_to_num) or remove its row"
+            raise FileError(
+                path,
+                f"{bad} of {arr.size} values are NaN or Inf; fix the file (e.g. "
+                f"np.nan_to_num) or remove its row",
             )
 
 
@@ -137,17 +159,16 @@ def _npy_layout(shape: tuple[int, ...], path: Path) -> tuple[int, tuple[int, int
             return shape[0], (shape[1], shape[2]), False
         if shape[2] <= min(shape[:2]):
             return shape[2], (shape[0], shape[1]), True
-    raise UserError(
-        f"{path}: array of shape {list(shape)} is not an image; save [H, W], [C, H, W] or "
-        f"[H, W, C] (channels on the shortest axis)"
+    raise FileError(
+        path,
+        f"array of shape {list(shape)} is not an image; save [H, W], [C, H, W] or "
+        f"[H, W, C] (channels on the shortest axis)",
     )
 
 
 def _check_npy_dtype(dtype: np.dtype, path: Path) -> None:
     if dtype.kind not in "biuf":
-        raise UserError(
-            f"{path}: array dtype {dtype} is not numeric; save an integer or float array"
-        )
+        raise FileError(path, f"array dtype {dtype} is not numeric; save an integer or float array")
 
 
 def image_2d_header(path: Path) -> Header:
@@ -191,10 +212,30 @@ def read_image_2d(path: Path) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
+# Pillow modes a mask may have: one channel (a palette PNG is a label map, read by index).
+_MASK_MODES = frozenset({"1", "L", "P", "I", "F"})
+
+
+def _check_mask_mode(mode: str, path: Path) -> None:
+    """A mask is one channel: an RGB(A) or gray+alpha PNG is refused rather than reduced,
+    since which channel (or alpha) marks the region is the user's to say."""
+    if mode not in _MASK_MODES and not mode.startswith("I;16"):
+        from PIL import Image
+
+        raise FileError(
+            path,
+            f"mask has Pillow mode {mode!r} ({Image.getmodebands(mode)} channels); a mask has "
+            "one channel: save it as grayscale (mode L), 1-bit or a palette PNG, nonzero = "
+            "inside (e.g. Image.open(p).convert('L').save(p) if every channel marks the same "
+            "region)",
+        )
+
+
 def mask_shape(path: Path) -> tuple[int, ...]:
     """Spatial shape of a mask file (PNG, ``.npy`` or NIfTI) without decoding it.
 
-    A mask is one channel: an RGB PNG mask counts as ``(H, W)`` (any channel nonzero).
+    A mask is one channel: a PNG mask with colour or alpha channels is refused
+    (``_check_mask_mode``).
     """
     name = path.name.lower()
     if name.endswith((".nii", ".nii.gz")):
@@ -208,11 +249,13 @@ def mask_shape(path: Path) -> tuple[int, ...]:
 
         with Image.open(path) as img:
             width, height = img.size
-        return (height, width)
+            mode = img.mode
+    _check_mask_mode(mode, path)
+    return (height, width)
 
 
 def read_mask(path: Path) -> np.ndarray:
-    """bool mask, nonzero = True (PNG: any channel; palette PNGs by index, i.e. label maps)."""
+    """bool mask, nonzero = True (PNG: one channel; palette PNGs by index, i.e. label maps)."""
     name = path.name.lower()
     with decoding(path, "mask"):
         if name.endswith((".nii", ".nii.gz")):
@@ -227,9 +270,8 @@ def read_mask(path: Path) -> np.ndarray:
             from PIL import Image
 
             with Image.open(path) as img:
+                _check_mask_mode(img.mode, path)
                 arr = np.asarray(img)
-            if arr.ndim == 3:
-                arr = arr.any(axis=-1)
     require_finite(arr, path)
     return np.ascontiguousarray(arr != 0)
 
@@ -248,9 +290,10 @@ def scale_image(arr: np.ndarray, how: Literal["minmax", "uint8", "none"], path: 
     else:
         top = 255.0 if how == "uint8" else 1.0
         if lo < 0 or hi > top:
-            raise UserError(
-                f"{path}: values span [{lo:g}, {hi:g}], outside [0, {top:g}] that scale: {how} "
-                f"expects; use scale: minmax (or rescale the file)"
+            raise FileError(
+                path,
+                f"values span [{lo:g}, {hi:g}], outside [0, {top:g}] that scale: {how} "
+                f"expects; use scale: minmax (or rescale the file)",
             )
         out = x / top
     return np.clip(out, 0.0, 1.0).astype(np.float32)
@@ -300,12 +343,13 @@ def _as_3d(arr: np.ndarray, path: Path) -> np.ndarray:
     """A 2D image gets a depth of 1; trailing singleton axes (``[X, Y, Z, 1]``) are dropped."""
     shape = tuple(arr.shape)
     if len(shape) > 3 and math.prod(shape[3:]) != 1:
-        raise UserError(
-            f"{path}: {len(shape)}D image of shape {list(shape)}; give one 3D volume per row "
-            f"(e.g. split the series with fslsplit)"
+        raise FileError(
+            path,
+            f"{len(shape)}D image of shape {list(shape)}; give one 3D volume per row "
+            f"(e.g. split the series with fslsplit)",
         )
     if len(shape) < 2:
-        raise UserError(f"{path}: image of shape {list(shape)} has fewer than 2 dimensions")
+        raise FileError(path, f"image of shape {list(shape)} has fewer than 2 dimensions")
     return arr.reshape(shape[:3] if len(shape) >= 3 else (*shape, 1))
 
 
@@ -391,12 +435,13 @@ def dicom_header(path: Path) -> DicomInfo:
         photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
         spacing = _dicom_spacing(ds)
     if not has_pixels:
-        raise UserError(
-            f"{path}: DICOM file has no pixel data (no PixelData element; e.g. a structured "
-            f"report or a DICOMDIR); list only image files in the CSV"
+        raise FileError(
+            path,
+            "DICOM file has no pixel data (no PixelData element; e.g. a structured "
+            "report or a DICOMDIR); list only image files in the CSV",
         )
     if rows is None or cols is None:
-        raise UserError(f"{path}: DICOM file lacks Rows/Columns; re-export the image")
+        raise FileError(path, "DICOM file lacks Rows/Columns; re-export the image")
     return DicomInfo(samples, frames, int(rows), int(cols), spacing, photometric)
 
 

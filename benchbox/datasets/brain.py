@@ -41,11 +41,12 @@ from typing import Annotated, Any, ClassVar, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field, PositiveInt
+from pydantic import Field
 from torch import Tensor
 
 from ..core import Batch, Capability, Split
 from ..errors import UserError
+from ..params import Samples, Seed
 from . import _lesions
 from ._lesions import MAX_LESIONS, N_LESION_U, Polarity, Shape
 
@@ -418,9 +419,9 @@ class BrainLesions2D(_BrainLesions):
         self,
         *,
         size: _SizeField = 64,
-        n_train: PositiveInt = 2048,
-        n_val: PositiveInt = 256,
-        n_test: PositiveInt = 512,
+        n_train: Samples = 2048,
+        n_val: Samples = 256,
+        n_test: Samples = 512,
         positive_fraction: _Fraction = 0.5,
         lesion_radius_min: Radius = 3.0,
         lesion_radius_max: Radius = 6.0,
@@ -433,7 +434,7 @@ class BrainLesions2D(_BrainLesions):
         augment: bool = True,
         noise: _Noise = 0.02,
         bias_field: _Bias = 0.05,
-        seed: int = 0,
+        seed: Seed = 0,
     ) -> None:
         self._setup(**{k: v for k, v in locals().items() if k not in ("self", "__class__")})
 
@@ -458,9 +459,9 @@ class BrainLesions3D(_BrainLesions):
         self,
         *,
         size: Annotated[int, Field(ge=16, le=256)] = 32,
-        n_train: PositiveInt = 512,
-        n_val: PositiveInt = 128,
-        n_test: PositiveInt = 256,
+        n_train: Samples = 512,
+        n_val: Samples = 128,
+        n_test: Samples = 256,
         positive_fraction: _Fraction = 0.5,
         lesion_radius_min: Radius = 1.5,
         lesion_radius_max: Radius = 3.0,
@@ -473,7 +474,7 @@ class BrainLesions3D(_BrainLesions):
         augment: bool = True,
         noise: _Noise = 0.02,
         bias_field: _Bias = 0.05,
-        seed: int = 0,
+        seed: Seed = 0,
     ) -> None:
         self._setup(**{k: v for k, v in locals().items() if k not in ("self", "__class__")})
 
@@ -515,9 +516,9 @@ class BrainLesionsShortcut(BrainLesions2D):
         *,
         # Below 48 px the tag (at least 5x3 px) reaches the brain in the corner.
         size: Annotated[int, Field(ge=48, le=512)] = 64,
-        n_train: PositiveInt = 1024,
-        n_val: PositiveInt = 256,
-        n_test: PositiveInt = 512,
+        n_train: Samples = 1024,
+        n_val: Samples = 256,
+        n_test: Samples = 512,
         positive_fraction: _Fraction = 0.5,
         lesion_radius_min: Radius = 2.0,
         lesion_radius_max: Radius = 3.5,
@@ -532,7 +533,7 @@ class BrainLesionsShortcut(BrainLesions2D):
         bias_field: _Bias = 0.05,
         p_marker_given_label: Annotated[float, Field(ge=0.5, le=1)] = 0.95,
         test_marker: Literal["random", "absent"] = "random",
-        seed: int = 0,
+        seed: Seed = 0,
     ) -> None:
         params = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         self.p_marker_given_label = float(params.pop("p_marker_given_label"))

@@ -38,11 +38,12 @@ from typing import Annotated, Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field, PositiveInt
+from pydantic import Field
 from torch import Tensor
 
 from ..core import Capability
 from ..errors import UserError
+from ..params import Samples, Seed
 from . import _lesions
 from ._lesions import MAX_LESIONS, N_LESION_U, Polarity, Shape
 
@@ -165,9 +166,9 @@ class CTLesions2D(_lesions.LesionDataset):
         self,
         *,
         size: Annotated[int, Field(ge=16, le=512)] = 64,
-        n_train: PositiveInt = 1024,
-        n_val: PositiveInt = 256,
-        n_test: PositiveInt = 512,
+        n_train: Samples = 1024,
+        n_val: Samples = 256,
+        n_test: Samples = 512,
         positive_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.5,
         scan: Scan = "head",
         fov: Annotated[float, Field(gt=0.1, le=1)] = 0.6,
@@ -183,7 +184,7 @@ class CTLesions2D(_lesions.LesionDataset):
         max_lesions: Annotated[int, Field(ge=1, le=MAX_LESIONS)] = 3,
         augment: bool = True,
         noise_hu: Annotated[float, Field(ge=0, le=200)] = 4.0,
-        seed: int = 0,
+        seed: Seed = 0,
     ) -> None:
         _require_pydicom()
         for name, lo, hi in (

@@ -21,14 +21,18 @@ depends on the set of rows, not on their order in the CSV; slices of one volume 
 two splits.
 
 ``root`` (and ``labels``, if not absolute) may be relative: ``root`` resolves against the working
-directory benchbox runs in, ``labels`` against ``root``.
+directory benchbox runs in, ``labels`` against ``root``. Every image and mask the CSV lists must
+lie inside ``root``: a row such as ``../other/img.png`` (or an absolute path elsewhere) is
+refused, so a dataset reads only its own folder. The check is on the path as written (``..``
+and absolute paths); a symbolic link inside ``root`` is followed, as the user made it.
 
 Validation happens when the dataset is built, before any work: the folder, the CSV, its columns,
 every row's label, that every listed file exists, and every file's header (shape, channels,
 pixel data) — one ``UserError`` line naming the file, the problem and the fix. Pixels are decoded
 lazily, sample by sample (a small LRU keeps recently decoded files), so memory stays flat however
 large the folder; a file that fails to decode raises the same kind of line when it is first
-requested (``verify: true`` decodes everything up front instead).
+requested (the job's error rows say which file), or ``verify: true`` / ``benchbox validate
+--deep`` decodes everything up front instead. Files are named relative to ``root`` in messages.
 
 ``spec()`` holds the resolved absolute paths and a fingerprint (SHA-256 of the CSV's bytes and of
 every listed file's relative path, size and modification time), so cached models are retrained
@@ -41,19 +45,22 @@ import csv
 import difflib
 import hashlib
 import math
+import os
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 import torch
-from pydantic import Field, PositiveFloat, PositiveInt
+from pydantic import Field, PositiveFloat
 from torch import Tensor
 
 from ..core import Batch, Capability, Dataset, Split
 from ..errors import UserError
+from ..params import MAX_SIZE, Seed, Size
 from ..seeding import derive_seed
 from . import _io
 from ._io import Header
@@ -67,7 +74,7 @@ _COLUMNS = ("image", "label", "mask", "split")
 
 Fraction = Annotated[float, Field(gt=0, lt=1)]
 Percent = Annotated[float, Field(ge=0, le=100)]
-NumClasses = Annotated[int, Field(ge=2)]
+NumClasses = Annotated[Size, Field(ge=2)]
 
 
 def _class_path(obj: object) -> str:
@@ -148,6 +155,18 @@ def _parse_label(cell: str | None, where: str) -> int:
     return int(value)
 
 
+def _inside(root: Path, name: str, where: str, what: str) -> Path:
+    """``root / name``, refused (``UserError``) when the path as written leaves ``root``."""
+    path = Path(os.path.normpath(root / name))
+    if not path.is_relative_to(root):
+        raise UserError(
+            f"{where}: {what} {name!r} is outside the dataset root {root} (it resolves to "
+            f"{path}); paths in the CSV are relative to root and stay inside it: move the file "
+            f"under root, or set root to a folder that holds every file"
+        )
+    return root / name
+
+
 def _read_table(root: Path, labels: str, *, label_required: bool) -> _Table:
     """Read and check the labels CSV: columns, labels, splits, that every listed file exists."""
     given = Path(labels).expanduser()
@@ -190,7 +209,7 @@ def _read_table(root: Path, labels: str, *, label_required: bool) -> _Table:
                     f"list each image once"
                 )
             seen[name] = line
-            image = root / name
+            image = _inside(root, name, where, "image")
             if not image.is_file():
                 raise UserError(
                     f"{where}: image file {image} not found; fix the path (relative to {root}) "
@@ -200,7 +219,7 @@ def _read_table(root: Path, labels: str, *, label_required: bool) -> _Table:
             mask = None
             mask_name = (record.get("mask") or "").strip() if has_mask else ""
             if mask_name:
-                mask = root / mask_name
+                mask = _inside(root, mask_name, where, "mask")
                 if not mask.is_file():
                     raise UserError(
                         f"{where}: mask file {mask} not found; fix the path (relative to "
@@ -322,8 +341,9 @@ class _FolderDataset(Dataset):
         self._table = table
         self._rows = table.rows
         self._cache = _io.ItemCache()
-        self._headers = [self._header(row) for row in self._rows]
-        self._check_layout()
+        with self._naming_files():
+            self._headers = [self._header(row) for row in self._rows]
+            self._check_layout()
 
         counts = [h.shape[0] if self._sliced else 1 for h in self._headers]
         if label_source == "column":
@@ -331,10 +351,11 @@ class _FolderDataset(Dataset):
                 [int(row.label or 0)] * n for row, n in zip(self._rows, counts, strict=True)
             ]
         else:  # label 1 iff the mask, as returned (after resampling), has any voxel
-            sample_labels = [
-                self._mask_tensor(r).flatten(1).any(1).long().tolist()
-                for r in range(len(self._rows))
-            ]
+            with self._naming_files():
+                sample_labels = [
+                    self._mask_tensor(r).flatten(1).any(1).long().tolist()
+                    for r in range(len(self._rows))
+                ]
         top = max(max(labs, default=0) for labs in sample_labels)
         self.num_classes = self._resolve_num_classes(num_classes, top, sample_labels)
 
@@ -366,29 +387,51 @@ class _FolderDataset(Dataset):
             for r in range(len(self._rows)):
                 self._load(r)
 
+    @contextmanager
+    def _naming_files(self) -> Iterator[None]:
+        """A file's problem names it relative to ``root``, as the CSV does."""
+        try:
+            yield
+        except _io.FileError as exc:
+            raise exc.under(self.root) from exc
+
+    def verify(self) -> list[str]:
+        """Decode every listed image and mask (as ``benchbox validate --deep`` does): one line
+        per file that cannot be used (unreadable, truncated, NaN/Inf, out of range), naming it
+        relative to ``root``. Memory stays flat: decoded files go through the bounded cache."""
+        problems: list[str] = []
+        for r in range(len(self._rows)):
+            try:
+                self._load(r)
+            except UserError as exc:
+                problems.append(str(exc))
+        return problems
+
     def _check_layout(self) -> None:
         """Channels agree, masks fit their images, sample sizes agree unless ``size`` is set."""
         first_row, first = self._rows[0], self._headers[0]
         for row, head in zip(self._rows, self._headers, strict=True):
             if head.channels != first.channels:
-                raise UserError(
-                    f"{row.image}: {head.channels} channel(s), but {first_row.image} has "
-                    f"{first.channels}; convert all images to one mode (grayscale or RGB)"
+                raise _io.FileError(
+                    row.image,
+                    f"{head.channels} channel(s), but {first_row.name} has {first.channels}; "
+                    f"convert all images to one mode (grayscale or RGB)",
                 )
             if row.mask is not None:
                 shape = _io.mask_shape(row.mask)
                 if not _same_shape(shape, head.shape):
-                    raise UserError(
-                        f"{row.mask}: mask shape {list(shape)} differs from image shape "
-                        f"{list(head.shape)} of {row.image}; save the mask at the image's size"
+                    raise _io.FileError(
+                        row.mask,
+                        f"mask shape {list(shape)} differs from image shape {list(head.shape)} "
+                        f"of {row.name}; save the mask at the image's size",
                     )
         sample = self._sample_shape(first)
         for row, head in zip(self._rows, self._headers, strict=True):
             if self.size is None and self._sample_shape(head) != sample:
-                raise UserError(
-                    f"{row.image}: size {list(self._sample_shape(head))} differs from "
-                    f"{list(sample)} of {first_row.image}; set size: N to resample every "
-                    f"sample to N per side"
+                raise _io.FileError(
+                    row.image,
+                    f"size {list(self._sample_shape(head))} differs from {list(sample)} of "
+                    f"{first_row.name}; set size: N to resample every sample to N per side",
                 )
         self.channels = first.channels
         self.spatial_size = sample if self.size is None else (self.size,) * len(sample)
@@ -440,12 +483,17 @@ class _FolderDataset(Dataset):
         hit = self._cache.get(r)
         if hit is not None:
             return hit
+        with self._naming_files():
+            return self._decode_item(r)
+
+    def _decode_item(self, r: int) -> _Item:
         row, head = self._rows[r], self._headers[r]
         arr = self._decode(r)
         if tuple(arr.shape) != (head.channels, *head.shape):
-            raise UserError(
-                f"{row.image}: decoded shape {list(arr.shape)} differs from the header's "
-                f"{[head.channels, *head.shape]}; was the file replaced? rebuild the dataset"
+            raise _io.FileError(
+                row.image,
+                f"decoded shape {list(arr.shape)} differs from the header's "
+                f"{[head.channels, *head.shape]}; was the file replaced? rebuild the dataset",
             )
         x = torch.from_numpy(arr)
         x = x.movedim(1, 0) if self._sliced else x[None]
@@ -561,13 +609,13 @@ class ImageFolder(_FolderDataset):
         *,
         root: str,
         labels: str = "labels.csv",
-        size: PositiveInt | None = None,
+        size: Size | None = None,
         scale: Literal["minmax", "uint8", "none"] = "minmax",
         label_source: Literal["column", "mask"] = "column",
         num_classes: NumClasses | None = None,
         val_fraction: Fraction = 0.15,
         test_fraction: Fraction = 0.15,
-        seed: int = 0,
+        seed: Seed = 0,
         verify: bool = False,
     ) -> None:
         self.scale: Literal["minmax", "uint8", "none"] = scale
@@ -629,13 +677,13 @@ class NiftiFolder(_FolderDataset):
         root: str,
         labels: str = "labels.csv",
         mode: Literal["volume", "slices"] = "volume",
-        size: PositiveInt | None = None,
+        size: Size | None = None,
         percentiles: tuple[Percent, Percent] = (0.5, 99.5),
         label_source: Literal["column", "mask"] = "column",
         num_classes: NumClasses | None = None,
         val_fraction: Fraction = 0.15,
         test_fraction: Fraction = 0.15,
-        seed: int = 0,
+        seed: Seed = 0,
         verify: bool = False,
     ) -> None:
         self.percentiles = _check_percentiles(percentiles)
@@ -696,7 +744,7 @@ class DicomFolder(_FolderDataset):
         *,
         root: str,
         labels: str = "labels.csv",
-        size: PositiveInt | None = None,
+        size: Size | None = None,
         window: tuple[float, PositiveFloat] | None = None,
         percentiles: tuple[Percent, Percent] = (0.5, 99.5),
         multiframe: Literal["first", "slices"] = "first",
@@ -704,7 +752,7 @@ class DicomFolder(_FolderDataset):
         num_classes: NumClasses | None = None,
         val_fraction: Fraction = 0.15,
         test_fraction: Fraction = 0.15,
-        seed: int = 0,
+        seed: Seed = 0,
         verify: bool = False,
     ) -> None:
         self.percentiles = _check_percentiles(percentiles)
@@ -806,8 +854,8 @@ class MedMNISTNpz(Dataset):
         self,
         *,
         path: str,
-        size: PositiveInt | None = None,
-        label_column: Annotated[int, Field(ge=0)] = 0,
+        size: Size | None = None,
+        label_column: Annotated[int, Field(ge=0, le=MAX_SIZE)] = 0,
         binarize: bool = False,
         num_classes: NumClasses | None = None,
     ) -> None:
@@ -919,6 +967,17 @@ class MedMNISTNpz(Dataset):
                     )
             self._images[split] = arr
         return self._images[split]
+
+    def verify(self) -> list[str]:
+        """Read every split's images (finite values, in range), as a run would."""
+        problems: list[str] = []
+        for split in _SPLITS:
+            try:
+                self._split_images(split)
+            except UserError as exc:
+                problems.append(str(exc))
+            self._images.pop(split, None)  # checked, not kept: a run reads what it needs
+        return problems
 
     # -- Dataset contract -------------------------------------------------------------------------
     def split_size(self, split: Split) -> int:

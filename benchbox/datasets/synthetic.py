@@ -24,11 +24,12 @@ from typing import Annotated, Any
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, PositiveInt
+from pydantic import Field
 from torch import Tensor
 
 from ..core import Batch, Capability, Dataset, Split
 from ..errors import UserError
+from ..params import Samples, Seed
 from ..seeding import derive_seed
 
 __all__ = ["SyntheticLesions2D"]
@@ -81,9 +82,9 @@ class SyntheticLesions2D(Dataset):
         self,
         *,
         size: Annotated[int, Field(ge=16, le=1024)] = 64,
-        n_train: PositiveInt = 1024,
-        n_val: PositiveInt = 256,
-        n_test: PositiveInt = 512,
+        n_train: Samples = 1024,
+        n_val: Samples = 256,
+        n_test: Samples = 512,
         positive_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.5,
         lesion_radius_min: Fraction = 0.05,
         lesion_radius_max: Fraction = 0.11,
@@ -91,7 +92,7 @@ class SyntheticLesions2D(Dataset):
         max_distractors: Annotated[int, Field(ge=0, le=_MAX_DISTRACTORS)] = 3,
         noise: Annotated[float, Field(ge=0, le=0.5)] = 0.03,
         bias_field: Annotated[float, Field(ge=0, le=1)] = 0.15,
-        seed: int = 0,
+        seed: Seed = 0,
     ) -> None:
         if lesion_radius_min > lesion_radius_max:
             raise UserError(

@@ -52,12 +52,13 @@ from contextlib import contextmanager
 from typing import Annotated, Any, ClassVar, cast
 
 import torch
-from pydantic import AfterValidator, NonNegativeFloat, PositiveInt
+from pydantic import AfterValidator, NonNegativeFloat
 from pydantic_core import PydanticCustomError
 from torch import Tensor, nn
 
 from ..core import Capability, ExplainedModel, Method
 from ..errors import UserError
+from ..params import Count, Size, int_type_for
 from .base import Reduce, Reference, check_inputs, explaining, finish, reduce_channels
 from .base import reference_image as _reference_image
 
@@ -321,13 +322,14 @@ def _captum_annotation(name: str, default: Any, distribution: bool) -> Any:
         "sliding_window_shapes": _SHAPE,
         "strides": _STRIDES,
         "feature_mask": _PATCH,
-        "n_steps": PositiveInt,
-        "n_samples": PositiveInt,
-        "perturbations_per_eval": PositiveInt,
-        "internal_batch_size": PositiveInt | None,
+        "n_steps": Count,
+        "n_samples": Count,
+        "perturbations_per_eval": Size,
+        "internal_batch_size": Size | None,
         "stdevs": NonNegativeFloat,
     }
-    return known.get(name, _annotation_of(default))
+    annotation = known.get(name, _annotation_of(default))
+    return int_type_for(name) if annotation is int else annotation
 
 
 @functools.cache

@@ -27,11 +27,11 @@ from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
-from pydantic import PositiveInt
 from torch import Tensor, nn
 
 from ..core import Capability, ExplainedModel, Method
 from ..errors import UserError
+from ..params import Size
 from .base import (
     Reduce,
     Score,
@@ -362,7 +362,7 @@ class ScoreCAM(Method):
         layer: str = "auto",
         score: Score = "probability",
         relu: bool = True,
-        batch_size: PositiveInt = 128,
+        batch_size: Size = 128,
     ) -> None:
         self.layer = layer
         self.score: Score = score

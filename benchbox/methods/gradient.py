@@ -55,12 +55,13 @@ from weakref import WeakKeyDictionary
 
 import torch
 import torch.nn.functional as F
-from pydantic import NonNegativeFloat, PositiveInt
+from pydantic import NonNegativeFloat
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from ..core import Capability, ExplainedModel, Method
 from ..errors import UserError
+from ..params import Count
 from .base import (
     Reduce,
     Reference,
@@ -631,7 +632,7 @@ class IntegratedGradients(Method):
     def __init__(
         self,
         *,
-        steps: PositiveInt = 32,
+        steps: Count = 32,
         baseline: Reference = "zero",
         method: IGRule = "gausslegendre",
         reduce: Reduce = "sum",
@@ -756,7 +757,7 @@ class GradientShap(Method):
     def __init__(
         self,
         *,
-        n_baselines: PositiveInt = 20,
+        n_baselines: Count = 20,
         baseline: ShapBaseline = "zero",
         baseline_noise: NonNegativeFloat = 0.1,
         local_smoothing: NonNegativeFloat = 0.0,
@@ -878,7 +879,7 @@ class DeepLiftShap(Method):
     def __init__(
         self,
         *,
-        n_baselines: PositiveInt = 10,
+        n_baselines: Count = 10,
         baseline: ShapBaseline = "zero",
         baseline_noise: NonNegativeFloat = 0.1,
         reduce: Reduce = "sum",

@@ -20,11 +20,12 @@ from typing import Annotated, Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, PositiveInt
+from pydantic import Field
 from torch import Tensor
 
 from ..core import Capability, ExplainedModel, Method
 from ..errors import UserError
+from ..params import Count
 from .base import (
     Reduce,
     check_inputs,
@@ -303,7 +304,7 @@ class IterativeSaliency(Method):
     def __init__(
         self,
         *,
-        iterations: PositiveInt = 5,
+        iterations: Count = 5,
         base: str = "saliency",
         base_params: dict[str, Any] | None = None,
         fraction: Annotated[float, Field(gt=0, lt=1)] = 0.02,

@@ -45,11 +45,12 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
-from pydantic import NonNegativeFloat, PositiveInt
+from pydantic import NonNegativeFloat
 from torch import Tensor
 
 from ..core import Capability, ExplainedModel, Method
 from ..errors import UserError
+from ..params import Count
 from .base import DrawStat, check_inputs, draw_generator, finish, over_draws, sample_seeds
 
 __all__ = ["SmoothGrad", "SmoothGradSq", "VarGrad", "noise_scale", "standard_noise"]
@@ -92,7 +93,7 @@ class _NoiseTunnel(Method):
         *,
         base: str = "saliency",
         base_params: dict[str, Any] | None = None,
-        n: PositiveInt = 25,
+        n: Count = 25,
         sigma: NonNegativeFloat = 0.15,
     ) -> None:
         self.base = base
@@ -187,7 +188,7 @@ class SmoothGrad(_NoiseTunnel):
         *,
         base: str = "saliency",
         base_params: dict[str, Any] | None = None,
-        n: PositiveInt = 25,
+        n: Count = 25,
         sigma: NonNegativeFloat = 0.15,
         abs: bool = False,
     ) -> None:

@@ -29,11 +29,12 @@ from typing import Annotated, ClassVar, Literal
 
 import numpy as np
 import torch
-from pydantic import Field, PositiveInt
+from pydantic import Field
 from torch import Tensor, nn
 
 from ..core import ExplainedModel, Method
 from ..errors import UserError
+from ..params import Count, Size
 from .base import (
     Reference,
     Score,
@@ -259,10 +260,10 @@ class Occlusion(Method):
     def __init__(
         self,
         *,
-        window: PositiveInt = 8,
-        stride: PositiveInt = 4,
+        window: Size = 8,
+        stride: Size = 4,
         baseline: Reference = "zero",
-        batch_size: PositiveInt = 256,
+        batch_size: Size = 256,
     ) -> None:
         if stride > window:
             raise UserError(
@@ -363,10 +364,10 @@ class FeatureAblation(_SuperpixelMethod):
         self,
         *,
         segments: Segments = "slic",
-        n_segments: PositiveInt = 50,
+        n_segments: Count = 50,
         compactness: Annotated[float, Field(gt=0)] = 0.1,
         baseline: Reference = "zero",
-        batch_size: PositiveInt = 256,
+        batch_size: Size = 256,
     ) -> None:
         self.segments: Segments = segments
         self.n_segments = int(n_segments)
@@ -421,14 +422,14 @@ class Lime(_SuperpixelMethod):
     def __init__(
         self,
         *,
-        n_samples: PositiveInt = 1000,
+        n_samples: Count = 1000,
         segments: Segments = "slic",
-        n_segments: PositiveInt = 50,
+        n_segments: Count = 50,
         compactness: Annotated[float, Field(gt=0)] = 0.1,
         baseline: Reference = "zero",
         kernel_width: Annotated[float, Field(gt=0)] = 0.25,
         alpha: Annotated[float, Field(ge=0)] = 1.0,
-        batch_size: PositiveInt = 256,
+        batch_size: Size = 256,
     ) -> None:
         self.n_samples = int(n_samples)
         self.segments: Segments = segments
@@ -522,12 +523,12 @@ class KernelShap(_SuperpixelMethod):
     def __init__(
         self,
         *,
-        n_samples: PositiveInt = 1000,
+        n_samples: Count = 1000,
         segments: Segments = "slic",
-        n_segments: PositiveInt = 50,
+        n_segments: Count = 50,
         compactness: Annotated[float, Field(gt=0)] = 0.1,
         baseline: Reference = "zero",
-        batch_size: PositiveInt = 256,
+        batch_size: Size = 256,
     ) -> None:
         self.n_samples = int(n_samples)
         self.segments: Segments = segments
@@ -643,12 +644,12 @@ class RISE(Method):
     def __init__(
         self,
         *,
-        n_masks: PositiveInt = 2000,
-        grid: Annotated[int, Field(ge=2)] = 8,
+        n_masks: Count = 2000,
+        grid: Annotated[Size, Field(ge=2)] = 8,
         p: Annotated[float, Field(gt=0, lt=1)] = 0.5,
         score: Score = "probability",
         baseline: Reference = "zero",
-        batch_size: PositiveInt = 256,
+        batch_size: Size = 256,
     ) -> None:
         self.n_masks = int(n_masks)
         self.grid = int(grid)

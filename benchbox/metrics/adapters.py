@@ -67,6 +67,7 @@ from torch import Tensor, nn
 from ..core import Capability, Metric, MetricContext, MetricOutput
 from ..errors import UserError
 from ..methods.base import check_attributions, explaining
+from ..params import int_type_for
 
 __all__ = ["QuantusMetric", "quantus_metric", "quantus_names"]
 
@@ -188,6 +189,8 @@ def _parameters(cls: type) -> tuple[list[tuple[str, Any, Any]], tuple[str, ...]]
         if p.name in _NOT_FROM_YAML or p.default is inspect.Parameter.empty:
             continue
         yaml_type = _yaml_type(hints.get(p.name, p.annotation))
+        if yaml_type is int:
+            yaml_type = int_type_for(p.name)  # bounded: see benchbox.params
         if yaml_type is None:
             continue  # a callable or an array: only Python code can pass it
         if p.default is None and yaml_type is not Any:

@@ -62,7 +62,7 @@ from typing import Annotated, Any, ClassVar, Literal, get_args
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, PositiveFloat, PositiveInt
+from pydantic import Field, PositiveFloat
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
@@ -77,6 +77,7 @@ from ..methods.base import (
     sample_seeds,
     target_score,
 )
+from ..params import Count, Pixels
 from .similarity import spearman, ssim, topk_intersection
 
 __all__ = [
@@ -104,7 +105,7 @@ Keep = Literal["best", "last"]
 ATTACKS: tuple[Attack, ...] = get_args(Attack)
 TargetMap = Literal["shifted", "other_sample", "random_square"]
 Fraction = Annotated[float, Field(gt=0, le=1)]
-TopK = PositiveInt | Fraction
+TopK = Pixels | Fraction
 Epsilon = Annotated[float, Field(gt=0, le=1)]
 
 REASON_NONFINITE = "attribution has non-finite values"
@@ -632,7 +633,7 @@ class Fragility(Metric):
         attacks: list[Attack] = list(ATTACKS),  # noqa: B006 (validated copy per instance)
         epsilons: list[Epsilon] = [2 / 255, 4 / 255, 8 / 255, 16 / 255],  # noqa: B006
         report_epsilon: Epsilon = 8 / 255,
-        steps: PositiveInt = 10,
+        steps: Count = 10,
         step_size: Fraction = 0.25,
         k: TopK = 0.02,
         beta: PositiveFloat = 3.0,
@@ -914,7 +915,7 @@ class Manipulation(Metric):
         self,
         *,
         target_map: TargetMap = "other_sample",
-        steps: PositiveInt = 100,
+        steps: Count = 100,
         lr: PositiveFloat = 2e-3,
         gamma: Annotated[float, Field(ge=0)] = 25.0,
         beta_start: PositiveFloat = 10.0,

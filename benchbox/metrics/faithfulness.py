@@ -50,7 +50,7 @@ from typing import Annotated, ClassVar, Literal, get_args
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
+from pydantic import Field, NonNegativeFloat, PositiveFloat
 from torch import Tensor
 
 from ..core import Capability, ExplainedModel, Metric, MetricContext, MetricOutput
@@ -61,6 +61,7 @@ from ..methods.base import (
     reference_image,
     target_score,
 )
+from ..params import Count, Pixels, Size
 
 __all__ = [
     "ROAD",
@@ -433,7 +434,7 @@ class Deletion(_CausalMetric):
     def __init__(
         self,
         *,
-        steps: PositiveInt = 64,
+        steps: Count = 64,
         substrate: Reference = "zero",
         score: Score = "probability",
     ) -> None:
@@ -457,7 +458,7 @@ class Insertion(_CausalMetric):
     def __init__(
         self,
         *,
-        steps: PositiveInt = 64,
+        steps: Count = 64,
         substrate: Reference = "blur",
         score: Score = "probability",
     ) -> None:
@@ -549,7 +550,7 @@ class PixelFlipping(Metric):
     def __init__(
         self,
         *,
-        features_in_step: PositiveInt = 64,
+        features_in_step: Pixels = 64,
         baseline: Baseline = "min",
         order: Order = "morf",
         score: Score = "probability",
@@ -691,8 +692,8 @@ class RegionPerturbation(Metric):
     def __init__(
         self,
         *,
-        patch_size: PositiveInt = 8,
-        regions: PositiveInt = 100,
+        patch_size: Size = 8,
+        regions: Count = 100,
         order: Order = "morf",
         baseline: Baseline = "uniform",
         score: Score = "probability",
@@ -1099,8 +1100,8 @@ class FaithfulnessCorrelation(Metric):
     def __init__(
         self,
         *,
-        n_runs: Annotated[int, Field(ge=2)] = 100,
-        subset_size: PositiveInt = 224,
+        n_runs: Annotated[Count, Field(ge=2)] = 100,
+        subset_size: Pixels = 224,
         baseline: Baseline = "min",
         score: Score = "logit",
     ) -> None:
@@ -1229,7 +1230,7 @@ class Infidelity(Metric):
     def __init__(
         self,
         *,
-        n_perturb_samples: PositiveInt = 10,
+        n_perturb_samples: Count = 10,
         noise_std: PositiveFloat = 0.1,
         multiply_by_inputs: bool = False,
         normalize: bool = False,

@@ -35,6 +35,7 @@ from torch import Tensor
 
 from ..core import Capability, Metric, MetricContext, MetricOutput
 from ..methods.base import check_attributions
+from ..params import MAX_PIXELS, MAX_SIZE
 
 __all__ = [
     "AUPRC",
@@ -208,7 +209,7 @@ class PointingGame(Metric):
     higher_is_better = True
 
     def __init__(
-        self, *, tolerance: Annotated[int, Field(ge=0)] = 0, ties: Ties = "fraction"
+        self, *, tolerance: Annotated[int, Field(ge=0, le=MAX_SIZE)] = 0, ties: Ties = "fraction"
     ) -> None:
         self.tolerance = tolerance
         self.ties: Ties = ties
@@ -428,9 +429,14 @@ class RelevanceRank(Metric):
 
 def _check_k(k: object) -> int | float:
     """Suite validation of ``k``: a pixel count (int >= 1) or a fraction (float in (0, 1])."""
-    ok = (isinstance(k, int) and not isinstance(k, bool) and k >= 1) or (
-        isinstance(k, float) and 0 < k <= 1
-    )
+    count = isinstance(k, int) and not isinstance(k, bool)
+    if count and k > MAX_PIXELS:  # type: ignore[operator]
+        raise PydanticCustomError(
+            "topk_k",
+            f"expected at most {MAX_PIXELS:,} pixels (benchbox's limit for pixel counts), or a "
+            f"number in (0, 1] (a fraction of the map)",
+        )
+    ok = (count and k >= 1) or (isinstance(k, float) and 0 < k <= 1)  # type: ignore[operator]
     if not ok:
         raise PydanticCustomError(
             "topk_k",

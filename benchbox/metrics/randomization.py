@@ -44,12 +44,13 @@ from dataclasses import replace
 from typing import Annotated, Any, ClassVar, Literal
 
 import torch
-from pydantic import Field, PositiveInt
+from pydantic import Field
 from torch import Tensor, nn
 
 from ..core import ExplainedModel, Method, Metric, MetricContext, MetricOutput
 from ..errors import UserError
 from ..methods.base import check_attributions
+from ..params import Seed
 from ..seeding import derive_seed
 from .similarity import SIMILARITIES, Similarity, similarity
 
@@ -377,7 +378,7 @@ class ModelRandomization(Metric):
         topk_fraction: TopkFraction = 0.02,
         criterion: Similarity = "spearman_abs",
         seeding: Seeding = "generator",
-        quantus_seed: int = 42,
+        quantus_seed: Seed = 42,
     ) -> None:
         self.order: Order = order
         self.randomize_norm = bool(randomize_norm)
@@ -541,7 +542,7 @@ class Repeatability(Metric):
     def __init__(
         self,
         *,
-        seeds: Annotated[list[PositiveInt], Field(min_length=1)] = [1],  # noqa: B006 (validated copy)
+        seeds: Annotated[list[Annotated[Seed, Field(ge=1)]], Field(min_length=1)] = [1],  # noqa: B006 (validated copy)
         similarities: Similarities = SIMILARITIES,
         topk_fraction: TopkFraction = 0.02,
     ) -> None:

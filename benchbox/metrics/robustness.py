@@ -51,11 +51,12 @@ import math
 from typing import Annotated, ClassVar, Literal
 
 import torch
-from pydantic import Field, PositiveInt
+from pydantic import Field
 from torch import Tensor
 
 from ..core import ExplainedModel, Method, Metric, MetricContext, MetricOutput
 from ..methods.base import check_attributions, draw_generator, explaining, sample_seeds
+from ..params import Count
 
 __all__ = [
     "REASON_ALL_CHANGED",
@@ -227,7 +228,7 @@ class _NoiseMetric(Metric):
     def __init__(
         self,
         *,
-        n_samples: PositiveInt = 20,
+        n_samples: Count = 20,
         radius: Radius = 0.05,
         noise: Noise = "uniform",
         clip: bool = False,

@@ -37,10 +37,10 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import NonNegativeInt, PositiveInt
 from torch import Tensor, nn
 
 from ..core import Capability, Dataset
+from ..params import Count, Seed, Size
 from . import training
 
 __all__ = ["AttentionCNN", "AttentionCNNNet", "AttentionGate", "Compatibility"]
@@ -195,14 +195,14 @@ class AttentionCNN(training.ClassifierBuilder):
     def __init__(
         self,
         *,
-        width: PositiveInt = 16,
+        width: Size = 16,
         compatibility: Compatibility = "pc",
-        epochs: PositiveInt = 12,
+        epochs: Count = 12,
         lr: training.LearningRate = 3e-3,
         weight_decay: training.WeightDecay = 1e-4,
-        train_batch_size: PositiveInt = 64,
+        train_batch_size: Size = 64,
         permute_labels: bool = False,
-        train_seed: NonNegativeInt = 0,
+        train_seed: Seed = 0,
         augment: bool = False,
     ) -> None:
         super().__init__(

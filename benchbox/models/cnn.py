@@ -16,10 +16,10 @@ seeds, against 91–96% with three blocks, on ``synthetic_lesions_2d`` at its de
 
 from __future__ import annotations
 
-from pydantic import NonNegativeInt, PositiveInt
 from torch import Tensor, nn
 
 from ..core import Capability, Dataset
+from ..params import Count, Seed, Size
 from . import training
 
 __all__ = ["CNNGap", "CNNGapNet"]
@@ -97,13 +97,13 @@ class CNNGap(training.ClassifierBuilder):
     def __init__(
         self,
         *,
-        width: PositiveInt = 16,
-        epochs: PositiveInt = 12,
+        width: Size = 16,
+        epochs: Count = 12,
         lr: training.LearningRate = 3e-3,
         weight_decay: training.WeightDecay = 1e-4,
-        train_batch_size: PositiveInt = 64,
+        train_batch_size: Size = 64,
         permute_labels: bool = False,
-        train_seed: NonNegativeInt = 0,
+        train_seed: Seed = 0,
         augment: bool = True,
     ) -> None:
         super().__init__(

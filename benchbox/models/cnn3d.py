@@ -21,10 +21,10 @@ CPU time on one thread.
 
 from __future__ import annotations
 
-from pydantic import NonNegativeInt, PositiveInt
 from torch import Tensor, nn
 
 from ..core import Capability, Dataset
+from ..params import Count, Seed, Size
 from . import training
 
 __all__ = ["CNN3D", "CNN3DNet"]
@@ -103,13 +103,13 @@ class CNN3D(training.ClassifierBuilder):
     def __init__(
         self,
         *,
-        width: PositiveInt = 8,
-        epochs: PositiveInt = 16,
+        width: Size = 8,
+        epochs: Count = 16,
         lr: training.LearningRate = 3e-3,
         weight_decay: training.WeightDecay = 1e-4,
-        train_batch_size: PositiveInt = 16,
+        train_batch_size: Size = 16,
         permute_labels: bool = False,
-        train_seed: NonNegativeInt = 0,
+        train_seed: Seed = 0,
         augment: bool = False,
     ) -> None:
         super().__init__(

@@ -49,11 +49,12 @@ from types import ModuleType
 from typing import Annotated, Any, ClassVar, Literal
 
 import torch
-from pydantic import Field, NonNegativeInt, PositiveInt
+from pydantic import Field
 from torch import Tensor, nn
 
 from ..core import Capability, Dataset, ExplainedModel, InputSpec, ModelBuilder, Task
 from ..errors import UserError
+from ..params import MAX_COUNT, Size
 from ..registry import import_object
 from ..seeding import derive_seed
 from . import training
@@ -106,6 +107,11 @@ def file_sha256(path: Path) -> str:
 
 def _existing_file(path: str, where: str, what: str) -> Path:
     p = Path(path).expanduser()
+    if p.is_symlink() and not p.exists():
+        raise UserError(
+            f"{where}: {str(p)!r} is a symbolic link to nothing (broken, or a loop); point it "
+            f"at the {what} file or give the file's own path"
+        )
     if not p.exists():
         raise UserError(
             f"{where}: {what} file not found: {str(p)!r}; check the path (a relative path starts "
@@ -755,14 +761,14 @@ class UserModel(ModelBuilder):
         kwargs: dict[str, Any] = {},  # noqa: B006 -- pydantic copies defaults; never mutated
         weights: str | None = None,
         strict: bool = True,
-        channels: PositiveInt | None = None,
-        size: list[PositiveInt] | None = None,
+        channels: Size | None = None,
+        size: list[Size] | None = None,
         mean: list[float] | None = None,
         std: list[PositiveFloat] | None = None,
         normalize: Normalize = "inside",
         adapt_channels: Literal["none", "repeat"] = "none",
         target_layers: dict[str, str] = {},  # noqa: B006
-        num_classes: PositiveInt | None = None,
+        num_classes: Size | None = None,
         task: Task = "classification",
         region: Region = "predicted",
         reduction: Reduction = "sum",
@@ -812,6 +818,15 @@ class UserModel(ModelBuilder):
                 f"torch.nn.Module; name a Module class or a function that returns one"
             )
         return net
+
+    def preflight(self, dataset: Dataset, *, seed: int) -> None:
+        """Import the module, construct the network and load the weights into it (keys and
+        shapes), as ``build`` will; no forward pass, no evaluation."""
+        net = self._construct(seed)
+        if self.weights is not None:
+            state = load_state_dict_file(self.weights, where=f"{self.name}.weights")
+            where = f"{self.name}.weights"
+            apply_state_dict(net, state, strict=self.strict, where=where, path=self.weights)
 
     def build(
         self, dataset: Dataset, *, seed: int, device: torch.device, batch_size: int
@@ -868,13 +883,13 @@ class TorchScript(ModelBuilder):
         self,
         *,
         path: str,
-        channels: PositiveInt | None = None,
-        size: list[PositiveInt] | None = None,
+        channels: Size | None = None,
+        size: list[Size] | None = None,
         mean: list[float] | None = None,
         std: list[PositiveFloat] | None = None,
         normalize: Normalize = "inside",
         adapt_channels: Literal["none", "repeat"] = "none",
-        num_classes: PositiveInt | None = None,
+        num_classes: Size | None = None,
         task: Task = "classification",
         region: Region = "predicted",
         reduction: Reduction = "sum",
@@ -884,6 +899,20 @@ class TorchScript(ModelBuilder):
         self.num_classes = num_classes
         self.task: Task = task
         self.region, self.reduction = region, reduction
+
+    def preflight(self, dataset: Dataset, *, seed: int) -> None:
+        """The file exists and is a TorchScript archive (a zip with ``constants.pkl``); it is
+        not loaded here (loading runs its code: once, in ``build``)."""
+        where = f"{self.name}.path"
+        p = _existing_file(self.path, where, "TorchScript")
+        if not _is_torchscript(p):
+            hint = (
+                "it is a torch.save file: give it to user_model as weights, with the Python class "
+                "as module"
+                if zipfile.is_zipfile(p)
+                else "the file is truncated or not a torch.jit.save archive"
+            )
+            raise UserError(f"{where}: {str(p)!r} is not a TorchScript archive; {hint}")
 
     def build(
         self, dataset: Dataset, *, seed: int, device: torch.device, batch_size: int
@@ -958,16 +987,16 @@ class _ZooModel(ModelBuilder):
         *,
         weights: str | None = None,
         strict: bool = True,
-        num_classes: PositiveInt | None = None,
+        num_classes: Size | None = None,
         adapt_channels: Literal["repeat", "stem"] = "repeat",
         normalize: Normalize = "add",
         mean: list[float] | None = None,
         std: list[PositiveFloat] | None = None,
         target_layers: dict[str, str] = {},  # noqa: B006 -- pydantic copies defaults
-        finetune_epochs: NonNegativeInt = 0,
+        finetune_epochs: Annotated[int, Field(ge=0, le=MAX_COUNT)] = 0,
         finetune_layers: Literal["head", "all"] = "head",
         finetune_lr: Annotated[float, Field(gt=0, le=1)] = 1e-3,
-        train_batch_size: PositiveInt = 32,
+        train_batch_size: Size = 32,
     ) -> None:
         self.weights = weights
         self.strict = strict
@@ -1059,9 +1088,9 @@ class _ZooModel(ModelBuilder):
             **self.input.params(),
         }
 
-    def build(
-        self, dataset: Dataset, *, seed: int, device: torch.device, batch_size: int
-    ) -> ExplainedModel:
+    def _loaded(self, dataset: Dataset, seed: int) -> tuple[nn.Module, int, dict[str, Any]]:
+        """(the architecture with a ``k_head``-class head and the weights loaded, ``k_head``,
+        facts): everything of ``build`` that only depends on the user's parameters and files."""
         if not self.arch:
             raise UserError(
                 f"{type(self).__name__} needs an architecture: name it {self.library}:<arch> in "
@@ -1098,6 +1127,17 @@ class _ZooModel(ModelBuilder):
                     shape_hint=hint,
                 )
             )
+        return net, k_head, info
+
+    def preflight(self, dataset: Dataset, *, seed: int) -> None:
+        """The library imports, the head fits the dataset, the weights load (no fine-tuning)."""
+        self._loaded(dataset, seed)
+
+    def build(
+        self, dataset: Dataset, *, seed: int, device: torch.device, batch_size: int
+    ) -> ExplainedModel:
+        net, k_head, info = self._loaded(dataset, seed)
+        d_classes = dataset.num_classes
         head_path = None
         if k_head != d_classes or (self.finetune_epochs and self.finetune_layers == "head"):
             head_path, old = self._head(net, k_head)

@@ -28,10 +28,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import Field, NonNegativeInt, PositiveInt
+from pydantic import Field
 from torch import Tensor, nn
 
 from ..core import Capability, Dataset
+from ..params import Count, Seed, Size
 from . import training
 
 __all__ = ["BasicBlock", "ResNetSmall", "ResNetSmallNet"]
@@ -134,14 +135,14 @@ class ResNetSmall(training.ClassifierBuilder):
     def __init__(
         self,
         *,
-        width: PositiveInt = 16,
+        width: Size = 16,
         blocks: Annotated[int, Field(ge=1, le=4)] = 2,
-        epochs: PositiveInt = 12,
+        epochs: Count = 12,
         lr: training.LearningRate = 3e-3,
         weight_decay: training.WeightDecay = 1e-4,
-        train_batch_size: PositiveInt = 64,
+        train_batch_size: Size = 64,
         permute_labels: bool = False,
-        train_seed: NonNegativeInt = 0,
+        train_seed: Seed = 0,
         augment: bool = False,
     ) -> None:
         super().__init__(

@@ -20,11 +20,12 @@ from typing import Annotated, Any
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, PositiveInt
+from pydantic import Field
 from torch import Tensor, nn
 
 from ..core import Batch, Capability, Dataset, ExplainedModel, InputSpec, ModelBuilder
 from ..errors import UserError
+from ..params import Count, Pixels, Seed, Size
 from ..seeding import derive_seed
 from . import training
 from .targets import Reduction, Region, SegmentationTarget, SplitSource, fit_loop
@@ -231,15 +232,15 @@ class UNetSmall(ModelBuilder):
     def __init__(
         self,
         *,
-        width: PositiveInt = 16,
-        epochs: PositiveInt = 8,
+        width: Size = 16,
+        epochs: Count = 8,
         lr: Annotated[float, Field(gt=0, le=1)] = 3e-3,
         weight_decay: Annotated[float, Field(ge=0)] = 1e-4,
-        train_batch_size: PositiveInt = 32,
+        train_batch_size: Size = 32,
         dice_weight: Annotated[float, Field(ge=0)] = 1.0,
-        min_lesion_pixels: PositiveInt = 4,
+        min_lesion_pixels: Pixels = 4,
         permute_labels: bool = False,
-        train_seed: Annotated[int, Field(ge=0)] = 0,
+        train_seed: Seed = 0,
         region: Region = "predicted",
         reduction: Reduction = "sum",
     ) -> None:

@@ -22,11 +22,12 @@ from typing import Annotated, Any
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, PositiveInt
+from pydantic import Field
 from torch import Tensor, nn
 
 from ..core import Batch, Capability, Dataset, ExplainedModel, InputSpec, ModelBuilder
 from ..errors import UserError
+from ..params import Count, Seed, Size
 from ..seeding import derive_seed
 from . import training
 from .targets import (
@@ -237,14 +238,14 @@ class VAE(ModelBuilder):
     def __init__(
         self,
         *,
-        latent_dim: PositiveInt = 32,
-        width: PositiveInt = 16,
+        latent_dim: Size = 32,
+        width: Size = 16,
         beta: Annotated[float, Field(ge=0)] = 0.1,
-        epochs: PositiveInt = 40,
+        epochs: Count = 40,
         lr: Annotated[float, Field(gt=0, le=1)] = 1e-3,
         weight_decay: Annotated[float, Field(ge=0)] = 0.0,
-        train_batch_size: PositiveInt = 32,
-        train_seed: Annotated[int, Field(ge=0)] = 0,
+        train_batch_size: Size = 32,
+        train_seed: Seed = 0,
         score: AnomalyScore = "mse",
     ) -> None:
         self.latent_dim = int(latent_dim)
