@@ -18,9 +18,11 @@ from __future__ import annotations
 import gc
 import math
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -58,7 +60,7 @@ from benchbox.metrics.adversarial import (
 from benchbox.metrics.similarity import spearman, topk_intersection
 from benchbox.params import validate_params
 from benchbox.seeding import make_generator
-from tests.conftest import trained_at_defaults
+from tests.conftest import TRAIN_SEEDS, trained_at_defaults
 
 CPU = torch.device("cpu")
 
@@ -566,15 +568,24 @@ def test_volumes_are_attacked_and_manipulated(method: Method) -> None:
 # The issue's numbers on the trained CNN (slow)
 # ================================================================================================
 @pytest.fixture(scope="module")
-def trained(default_models_cache: Path) -> Iterator[tuple[ExplainedModel, Batch]]:
+def trained(default_models_cache: Path) -> Iterator[dict[int, tuple[ExplainedModel, Batch]]]:
     from benchbox.datasets.synthetic import SyntheticLesions2D
     from benchbox.models.cnn import CNNGap
 
-    # the same model as the randomization findings'
-    with trained_at_defaults(
-        default_models_cache, SyntheticLesions2D(), CNNGap(), batch_size=256
-    ) as trained:
-        yield trained
+    # the same models as the randomization findings', one per training seed
+    with ExitStack() as stack:
+        yield {
+            seed: stack.enter_context(
+                trained_at_defaults(
+                    default_models_cache,
+                    SyntheticLesions2D(),
+                    CNNGap(),
+                    batch_size=256,
+                    train_seed=seed,
+                )
+            )
+            for seed in TRAIN_SEEDS
+        }
 
 
 def _trained_context(model: ExplainedModel, batch: Batch, method: Method) -> MetricContext:
@@ -586,10 +597,33 @@ def _trained_context(model: ExplainedModel, batch: Batch, method: Method) -> Met
 EPS = [4 / 255, 8 / 255, 16 / 255]
 
 
+# Ghorbani et al.'s top-k attack moves saliency's top pixels more than a random sign pattern of
+# the same size does. Gap of the top-k intersection (random − topk) at ε = 4, 8, 16/255 on cnn_gap
+# (synthetic_lesions_2d), per training seed 0 | 1 | 2 (AMD EPYC, one thread):
+#   all samples                      0.37 0.32 0.45 | 0.37 0.27 0.37 | 0.32 0.23 0.43
+#   samples whose random draw kept
+#   the label, at 8/255              0.20 | 0.25 | 0.18  (of 54 / 62 / 60 samples)
+# Means over the seeds: 0.35 0.27 0.42, and 0.21.
 @pytest.mark.slow
-def test_topk_attack_beats_random_sign_on_saliency(trained: tuple[ExplainedModel, Batch]) -> None:
-    model, batch = trained
-    assert model.info["test_accuracy"] >= 0.9
+def test_topk_attack_beats_random_sign_on_saliency(
+    trained: dict[int, tuple[ExplainedModel, Batch]],
+) -> None:
+    gaps, kept_gaps = [], []
+    for model, batch in trained.values():
+        assert model.info["test_accuracy"] >= 0.9
+        gap, kept_gap = _topk_against_random_sign(model, batch)
+        gaps.append(gap)
+        kept_gaps.append(kept_gap)
+    mean = np.mean(gaps, axis=0)
+    print(f"saliency top-k intersection gap (random - topk) at {EPS}: {gaps}; kept: {kept_gaps}")
+    assert mean[1] >= 0.2 and mean[0] >= 0.2 and mean[2] >= 0.2, gaps
+    assert (np.asarray(gaps) >= 0.15).all(), gaps  # every seed, every ε
+    assert np.mean(kept_gaps) >= 0.15, kept_gaps
+
+
+def _topk_against_random_sign(model: ExplainedModel, batch: Batch) -> tuple[list[float], float]:
+    """Top-k intersection gaps (random − topk) at ``EPS``, and at 8/255 over the samples whose
+    random draw was accepted; checks that the attack keeps every label and leaves the model."""
     before = snapshot(model.module)
     ctx = _trained_context(model, batch, Saliency())
     metric = Fragility(attacks=["random_sign", "topk"], epsilons=EPS, report_epsilon=8 / 255)
@@ -597,20 +631,13 @@ def test_topk_attack_beats_random_sign_on_saliency(trained: tuple[ExplainedModel
     rand, top = out["random_sign.topk_intersection"], out["topk.topk_intersection"]
     assert rand.curves is not None and top.curves is not None
     gap = (rand.curves.mean(dim=0) - top.curves.mean(dim=0)).tolist()
-    print(f"saliency top-k intersection gap (random - topk) at {EPS}: {gap}")
-    assert gap[1] >= 0.25 and gap[0] >= 0.2 and gap[2] >= 0.2
     # Samples for which no random sign pattern kept the label stay unperturbed (intersection 1,
     # as Ghorbani et al.'s attacks return the original when no iterate keeps the label); the gap
     # over the samples whose random perturbation was accepted:
     moved = out["random_sign.accepted_steps"].curves
     assert moved is not None
-    kept_gap = [
-        float((rand.curves[m, j] - top.curves[m, j]).mean()) for j, m in enumerate((moved == 1).T)
-    ]
-    print(
-        f"  over samples with an accepted random draw ({(moved == 1).sum(0).tolist()}): {kept_gap}"
-    )
-    assert kept_gap[1] >= 0.15
+    accepted = moved[:, 1] == 1
+    kept_gap = float((rand.curves[accepted, 1] - top.curves[accepted, 1]).mean())
     assert float(top.values.mean() - top.curves[:, 1].mean()) == 0.0  # value = ε 8/255
     # every attacked input keeps its label (the metric's own attack, rerun at 8/255)
     diff = differentiable_map(ctx.method, model)
@@ -635,6 +662,7 @@ def test_topk_attack_beats_random_sign_on_saliency(trained: tuple[ExplainedModel
         assert torch.equal(model(x_adv).argmax(dim=1), model(batch.x).argmax(dim=1))
     assert (x_adv - batch.x).abs().max() <= 8 / 255 + 1e-6
     assert_unchanged(model.module, before)
+    return gap, kept_gap
 
 
 @pytest.mark.slow

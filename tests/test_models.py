@@ -20,6 +20,7 @@ from benchbox.errors import UserError
 from benchbox.models import training
 from benchbox.models.cnn import CNNGap, CNNGapNet
 from benchbox.params import validate_params
+from tests.conftest import TRAIN_SEEDS
 
 SMALL_DATA = {"size": 32, "n_train": 64, "n_val": 32, "n_test": 32}
 SMALL_MODEL = {"width": 4, "epochs": 2, "train_batch_size": 32}
@@ -413,15 +414,19 @@ def test_auroc_matches_pairwise_reference() -> None:
 
 # -- the real thing -----------------------------------------------------------------------------
 @pytest.mark.slow
+@pytest.mark.parametrize("train_seed", TRAIN_SEEDS)
 def test_default_training_is_accurate_and_looks_at_the_lesion(
-    default_models_cache: Path, monkeypatch: pytest.MonkeyPatch
+    default_models_cache: Path, monkeypatch: pytest.MonkeyPatch, train_seed: int
 ) -> None:
     from captum.attr import LayerAttribution, LayerGradCam
 
-    # The same model (defaults, seed 0, one thread) as the adversarial and randomization findings.
+    # The same models (defaults, build seed 0, one thread) as the adversarial and randomization
+    # findings'. Measured per training seed 0 | 1 | 2: test accuracy 0.973 | 0.963 | 0.957,
+    # AUROC 0.997 | 0.996 | 0.995, Grad-CAM's maximum on the lesion 0.98 | 0.95 | 0.96 of the
+    # positive test images (a random point: 0.026).
     monkeypatch.setenv("BENCHBOX_CACHE", str(default_models_cache))
     data = SyntheticLesions2D()
-    model = CNNGap().build(data, seed=0, device=CPU, batch_size=256)
+    model = CNNGap(train_seed=train_seed).build(data, seed=0, device=CPU, batch_size=256)
     assert model.info["test_accuracy"] >= 0.90
     assert model.info["test_auroc"] >= 0.95
     b = data.get("test", range(data.split_size("test")))

@@ -7,6 +7,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from torch import Tensor, nn
@@ -23,6 +24,7 @@ from benchbox.models.vae import VAE, ConvVAE
 from benchbox.params import validate_params
 from benchbox.runner import run_suite
 from benchbox.suite import parse_suite
+from tests.conftest import TRAIN_SEEDS
 from tests.fakes import TinyData
 
 CPU = torch.device("cpu")
@@ -523,18 +525,24 @@ def test_segmentation_suite_localizes_brain_lesions(tmp_path: Path, cache: Path)
 
     data = yaml.safe_load((ROOT / "suites" / "segmentation.yaml").read_text())
     # The bundled suite with the U-Net at half width (a quarter of the cost: 50 s instead of
-    # about 2 minutes on 2 threads); the full suite's figures are in results/reference.
+    # about 2 minutes on 2 threads), trained three times (replicas); the full suite's figures
+    # are in results/reference.
     (model,) = data["models"]
-    data["models"] = [{"unet_small": {**model["unet_small"], "width": 8}}]
+    data["models"] = [{"unet_small": {**model["unet_small"], "width": 8, "replicas": 3}}]
     result = run_suite(parse_suite({**data, "limit": 32}), output=tmp_path)
     assert not result.failed
-    (info,) = result.manifest["models"]
-    # Measured (2 threads, width 8): test Dice 0.90, image accuracy 1.00 (suite seed 1: 0.91,
-    # 1.00). At width 16 (1 thread): 0.88 and 0.99.
-    assert info["test_dice"] >= 0.6 and info["test_accuracy"] >= 0.85
+    infos = result.manifest["models"]
+    assert [i["replica"] for i in infos] == [0, 1, 2]
+    # Measured per replica (one thread, width 8): test Dice 0.90 | 0.91 | 0.89, image accuracy
+    # 1.00 | 0.99 | 1.00. At width 16 (1 thread, one replica): 0.88 and 0.99.
+    dice = [i["test_dice"] for i in infos]
+    accuracy = [i["test_accuracy"] for i in infos]
+    print("unet_small width 8, per replica: dice", dice, "accuracy", accuracy)
+    assert np.mean(dice) >= 0.6 and min(accuracy) >= 0.85, infos
     pg = result.summary.set_index(["method", "metric"])["mean"]
-    # Measured on 32 images: grad_cam 1.0, integrated_gradients 1.0, saliency 0.56, random 0.06
-    # (suite seed 1: 1.0, 1.0, 0.69, 0).
+    print("pointing game", pg.to_dict())
+    # Means over 32 images of each image's mean over the replicas: grad_cam 1.00,
+    # integrated_gradients 0.96, saliency 0.67, random 0.06.
     assert pg["grad_cam", "pointing_game"] - pg["random", "pointing_game"] >= 0.5
     assert pg["saliency", "pointing_game"] - pg["random", "pointing_game"] >= 0.2
 
@@ -545,14 +553,20 @@ def test_vae_detects_and_saliency_points_at_synthetic_lesions(cache: Path) -> No
     from benchbox.metrics.localization import pointing_game
 
     data = SyntheticLesions2D()
-    model = VAE().build(data, seed=0, device=CPU, batch_size=128)
-    # Measured (seed 0): test AUROC 0.959 (MSE score), 0.947 (negative ELBO).
-    assert model.info["test_auroc"] >= 0.9
     b = data.get("test", range(128))
     assert b.mask is not None
     pos = b.label == 1
     zero = torch.zeros(int(pos.sum()), dtype=torch.long)
-    sal = Saliency().attribute(model, b.x[pos], zero, generator=torch.Generator())
-    hits, _ = pointing_game(sal, b.mask[pos])
-    # Measured: 0.91 (random maps: 0.0; the lesions cover ~1% of the image).
-    assert float(hits.mean()) >= 0.7
+    aurocs, hit_rates = [], []
+    for seed in TRAIN_SEEDS:
+        model = VAE(train_seed=seed).build(data, seed=0, device=CPU, batch_size=128)
+        aurocs.append(model.info["test_auroc"])
+        sal = Saliency().attribute(model, b.x[pos], zero, generator=torch.Generator())
+        hits, _ = pointing_game(sal, b.mask[pos])
+        hit_rates.append(float(hits.mean()))
+    print("vae per seed: auroc", aurocs, "saliency pointing game", hit_rates)
+    # Measured per training seed 0 | 1 | 2 (MSE score; one thread): test AUROC 0.960 | 0.958 |
+    # 0.954, saliency's maximum on the lesion 0.91 | 0.88 | 0.90 (random maps: 0.0; the lesions
+    # cover ~1% of the image).
+    assert np.mean(aurocs) >= 0.9 and min(aurocs) >= 0.85, aurocs
+    assert np.mean(hit_rates) >= 0.7, hit_rates
