@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pytest
@@ -83,3 +83,18 @@ def trained_at_defaults(
             yield model, batch
     finally:
         torch.set_num_threads(threads)
+
+
+@contextmanager
+def trained_replicas(
+    cache: Path, dataset: Dataset, builder: ModelBuilder, *, batch_size: int = 64
+) -> Iterator[dict[int, tuple[ExplainedModel, Batch]]]:
+    """``trained_at_defaults`` for every seed of ``TRAIN_SEEDS``: ``{train_seed: (model,
+    batch)}``, on one thread until the caller is done with them."""
+    with ExitStack() as stack:
+        yield {
+            seed: stack.enter_context(
+                trained_at_defaults(cache, dataset, builder, batch_size=batch_size, train_seed=seed)
+            )
+            for seed in TRAIN_SEEDS
+        }

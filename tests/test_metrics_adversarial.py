@@ -18,7 +18,6 @@ from __future__ import annotations
 import gc
 import math
 from collections.abc import Iterator
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +59,7 @@ from benchbox.metrics.adversarial import (
 from benchbox.metrics.similarity import spearman, topk_intersection
 from benchbox.params import validate_params
 from benchbox.seeding import make_generator
-from tests.conftest import TRAIN_SEEDS, trained_at_defaults
+from tests.conftest import trained_replicas
 
 CPU = torch.device("cpu")
 
@@ -573,19 +572,10 @@ def trained(default_models_cache: Path) -> Iterator[dict[int, tuple[ExplainedMod
     from benchbox.models.cnn import CNNGap
 
     # the same models as the randomization findings', one per training seed
-    with ExitStack() as stack:
-        yield {
-            seed: stack.enter_context(
-                trained_at_defaults(
-                    default_models_cache,
-                    SyntheticLesions2D(),
-                    CNNGap(),
-                    batch_size=256,
-                    train_seed=seed,
-                )
-            )
-            for seed in TRAIN_SEEDS
-        }
+    with trained_replicas(
+        default_models_cache, SyntheticLesions2D(), CNNGap(), batch_size=256
+    ) as trained:
+        yield trained
 
 
 def _trained_context(model: ExplainedModel, batch: Batch, method: Method) -> MetricContext:

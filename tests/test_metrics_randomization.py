@@ -6,7 +6,6 @@ import copy
 import math
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +44,7 @@ from benchbox.models.cnn import CNNGapNet
 from benchbox.params import validate_params
 from benchbox.registry import methods
 from benchbox.seeding import make_generator
-from tests.conftest import TRAIN_SEEDS, trained_at_defaults
+from tests.conftest import TRAIN_SEEDS, trained_replicas
 
 SIMS = ("spearman", "spearman_abs", "ssim", "hog_pearson", "topk")
 
@@ -627,15 +626,8 @@ def trained(default_models_cache: Path) -> Iterator[dict[int, tuple[ExplainedMod
     from benchbox.models.cnn import CNNGap
 
     # the same models as the adversarial findings'
-    with ExitStack() as stack:
-        yield {
-            seed: stack.enter_context(
-                trained_at_defaults(
-                    default_models_cache, SyntheticLesions2D(), CNNGap(), train_seed=seed
-                )
-            )
-            for seed in TRAIN_SEEDS
-        }
+    with trained_replicas(default_models_cache, SyntheticLesions2D(), CNNGap()) as trained:
+        yield trained
 
 
 _CASCADES: dict[tuple[int, str], list[dict[str, MetricOutput]]] = {}
@@ -727,15 +719,8 @@ def resnet_on_brain(
     from benchbox.models.resnet import ResNetSmall
 
     # the same models as the accuracy test's
-    with ExitStack() as stack:
-        yield {
-            seed: stack.enter_context(
-                trained_at_defaults(
-                    default_models_cache, BrainLesions2D(), ResNetSmall(), train_seed=seed
-                )
-            )
-            for seed in TRAIN_SEEDS
-        }
+    with trained_replicas(default_models_cache, BrainLesions2D(), ResNetSmall()) as trained:
+        yield trained
 
 
 _STEP3: dict[tuple[int, str, str], float] = {}
