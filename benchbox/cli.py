@@ -372,10 +372,11 @@ def validate(
     ] = False,
 ) -> None:
     """Check a suite: every problem is reported with its YAML path; exit 2 if any."""
-    from .planner import plan
     from .suite import load_suite
 
-    s = load_suite(suite)
+    s = load_suite(suite)  # a file refused as YAML costs no torch import (a second)
+    from .planner import plan
+
     if deep:
         from .runner import check_files
 
