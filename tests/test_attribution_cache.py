@@ -136,7 +136,10 @@ def test_ls_and_clear(tmp_path: Path, cache_root: Path) -> None:
     _run(tmp_path, models=[{"cnn_gap": {"width": 4, "epochs": 1}}])
     ls = cache_ls().set_index("kind")
     attr_files = list((cache_root / "attributions").iterdir())
-    model_files = list((cache_root / "models").iterdir())
+    files = list((cache_root / "models").iterdir())
+    # the weights, their facts, and the (empty) lock that made one process train them
+    model_files = [f for f in files if f.suffix != ".lock"]
+    assert sorted(f.suffix for f in files) == [".json", ".lock", ".pt"]
     assert ls.loc["attributions", "entries"] == N_BATCHES == len(attr_files)
     assert ls.loc["attributions", "bytes"] == sum(f.stat().st_size for f in attr_files)
     assert ls.loc["models", "entries"] == 1  # weights + facts file: one entry
@@ -148,5 +151,7 @@ def test_ls_and_clear(tmp_path: Path, cache_root: Path) -> None:
     assert cache_ls().set_index("kind").loc["attributions", "entries"] == 0
     assert cache_clear() == (len(model_files), ls.loc["models", "bytes"])
     assert cache_clear() == (0, 0)
+    # a lock may be held by a process training that model: clear leaves it alone
+    assert [f.suffix for f in (cache_root / "models").iterdir()] == [".lock"]
     with pytest.raises(UserError, match=r"unknown kind 'weights'; use one of models, attribut"):
         cache_clear("weights")

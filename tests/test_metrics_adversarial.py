@@ -660,19 +660,29 @@ def _topk_against_random_sign(model: ExplainedModel, batch: Batch) -> tuple[list
     ("method", "n"), [(IntegratedGradients(steps=8), 16), (GradCAM(), 64)], ids=["ig", "grad_cam"]
 )
 def test_topk_attack_on_ig_and_grad_cam(
-    trained: tuple[ExplainedModel, Batch], method: Method, n: int
+    trained: dict[int, tuple[ExplainedModel, Batch]], method: Method, n: int
 ) -> None:
-    model, full = trained
-    assert full.target is not None
-    batch = Batch(x=full.x[:n], label=full.label[:n], ids=full.ids[:n], target=full.target[:n])
-    before = snapshot(model.module)
-    metric = Fragility(epsilons=[8 / 255], report_epsilon=8 / 255)
-    out = metric.score(_trained_context(model, batch, method))
-    means = {v: round(float(o.values.nanmean()), 3) for v, o in out.items()}
-    print(f"{type(method).__name__} at 8/255: {means}")
-    assert means["topk.topk_intersection"] < means["random_sign.topk_intersection"] - 0.1
-    assert means["center_mass.com_shift"] > means["random_sign.com_shift"]
-    assert_unchanged(model.module, before)
+    """The top-k attack moves IG's and Grad-CAM's top pixels more than a random sign pattern,
+    and the centre-of-mass attack moves the map's centre more; on the mean over the training
+    seeds (each seed's figures are printed).
+
+    Measured top-k intersection at 8/255, per training seed 0 | 1 | 2, top-k attack vs random
+    signs: IG (16 images) 0.12 | 0.15 | 0.20 vs 0.52 | 0.42 | 0.41; Grad-CAM (64 images) 0.00 |
+    0.00 | 0.00 vs 0.69 | 0.75 | 0.66.
+    """
+    per_seed = []
+    for model, full in trained.values():
+        assert full.target is not None
+        batch = Batch(x=full.x[:n], label=full.label[:n], ids=full.ids[:n], target=full.target[:n])
+        before = snapshot(model.module)
+        metric = Fragility(epsilons=[8 / 255], report_epsilon=8 / 255)
+        out = metric.score(_trained_context(model, batch, method))
+        per_seed.append({v: float(o.values.nanmean()) for v, o in out.items()})
+        assert_unchanged(model.module, before)
+    means = {v: float(np.mean([s[v] for s in per_seed])) for v in per_seed[0]}
+    print(f"{type(method).__name__} at 8/255, per seed: {per_seed}")
+    assert means["topk.topk_intersection"] < means["random_sign.topk_intersection"] - 0.1, means
+    assert means["center_mass.com_shift"] > means["random_sign.com_shift"], means
 
 
 def test_topk_intersection_is_the_similarity_modules() -> None:
