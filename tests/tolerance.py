@@ -1,0 +1,134 @@
+"""Tolerances from the dtype and the size of the reduction, not hand-picked numbers.
+
+Floating-point results of reductions (sums, means, matmuls, convolutions, model forwards) depend
+on the order of the additions, and that order differs between CPUs (SIMD width, oneDNN/MKL/ATen
+blocking) and thread counts. A tolerance that must hold on any CPU is therefore a bound on the
+rounding error of *any* order of summation, which the a-priori bounds below give (N. J. Higham,
+*Accuracy and Stability of Numerical Algorithms*, 2nd ed., SIAM 2002):
+
+- unit roundoff ``u = eps(dtype) / 2`` (§2.1), ``γ_k = k·u / (1 − k·u)`` (Lemma 3.1);
+- a sum of ``n`` terms, in any order (recursive, pairwise, blocked, several accumulators: every
+  method that adds two numbers at a time, §4.2): ``|fl(Σ t_i) − Σ t_i| ≤ γ_{n−1} · Σ |t_i|``
+  (4.4); pairwise summation has the smaller ``γ_{⌈log2 n⌉}``, so ``γ_{n−1}`` is safe for any order;
+- a dot product of length ``n`` (with or without fused multiply-adds), and so one output of a
+  linear layer or a convolution: ``|fl(a·b) − a·b| ≤ γ_n · Σ |a_i b_i|`` (3.5); a bias added in
+  the same accumulation is one more term, ``γ_{n+1}``;
+- a difference of two computed sums ``fl(fl(s) − fl(t))``: the sum of the two bounds plus the
+  rounding of the subtraction, ``u · |fl(s) − fl(t)|``.
+
+The bounds are computed in float64; a reference computed in float64 from the same float32 inputs
+is exact next to them (its own error is about ``2^-29`` of a float32 bound of the same size).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+ArrayLike = Tensor | np.ndarray | float | Sequence[float]
+
+
+def unit_roundoff(dtype: torch.dtype = torch.float32) -> float:
+    """``u = eps(dtype) / 2``: the largest relative error of one rounding (2^-24 for float32)."""
+    return torch.finfo(dtype).eps / 2
+
+
+def gamma(n: int, dtype: torch.dtype = torch.float32) -> float:
+    """``γ_n = n·u / (1 − n·u)``, the bound on ``|Π (1 + δ_i)^±1 − 1|`` over ``n`` roundings."""
+    if n < 0:
+        raise ValueError(f"gamma: n must be >= 0, got {n}")
+    nu = n * unit_roundoff(dtype)
+    if nu >= 1:
+        raise ValueError(f"gamma: n·u = {nu} >= 1; the bound does not exist for n = {n}")
+    return nu / (1 - nu)
+
+
+def _f64(value: ArrayLike) -> Tensor:
+    return torch.as_tensor(np.asarray(value) if not isinstance(value, Tensor) else value).to(
+        torch.float64
+    )
+
+
+def sum_bound(
+    terms: Tensor, dim: int | tuple[int, ...] | None = None, *, dtype: torch.dtype | None = None
+) -> Tensor:
+    """``γ_{n−1} · Σ |t_i|`` over ``dim`` (all dims if None): the error of ``terms.sum(dim)``.
+
+    ``n`` is the number of terms summed; ``dtype`` the dtype the sum runs in (default
+    ``terms.dtype``). Holds for any order of summation. Float64 result.
+    """
+    dtype = dtype or terms.dtype
+    dims = tuple(range(terms.dim())) if dim is None else (dim,) if isinstance(dim, int) else dim
+    n = int(np.prod([terms.shape[d] for d in dims]))
+    return gamma(max(n - 1, 0), dtype) * terms.detach().to(torch.float64).abs().sum(dims)
+
+
+def dot_bound(
+    a: Tensor, b: Tensor, dim: int = -1, *, dtype: torch.dtype | None = None, extra_terms: int = 0
+) -> Tensor:
+    """``γ_{n+extra} · Σ |a_i b_i|`` over ``dim``: the error of ``(a * b).sum(dim)`` or a matmul.
+
+    ``n`` is the length of the dot product; ``extra_terms`` counts exact terms added in the same
+    accumulation (``1`` for a bias, whose ``|b|`` the caller adds to ``Σ |a_i b_i|`` with
+    :func:`linear_bound`). ``dtype`` defaults to ``a.dtype``. Float64 result.
+    """
+    dtype = dtype or a.dtype
+    a64, b64 = a.detach().to(torch.float64), b.detach().to(torch.float64)
+    prod = (a64 * b64).abs()
+    n = prod.shape[dim]
+    return gamma(n + extra_terms, dtype) * prod.sum(dim)
+
+
+def linear_bound(weight: Tensor, bias: Tensor | None, x: Tensor) -> Tensor:
+    """The error of ``F.linear(x, weight, bias)`` ``[B, out]`` for ``x`` ``[B, n]``:
+    ``γ_{n+1} · (|W| |x| + |b|)`` (``γ_n · |W| |x|`` without a bias), in ``x``'s dtype."""
+    w64, x64 = weight.detach().to(torch.float64), x.detach().to(torch.float64)
+    mass = x64.abs() @ w64.abs().T
+    if bias is None:
+        return gamma(weight.shape[1], x.dtype) * mass
+    return gamma(weight.shape[1] + 1, x.dtype) * (mass + bias.detach().to(torch.float64).abs())
+
+
+def assert_within(
+    actual: ArrayLike,
+    expected: ArrayLike,
+    bound: ArrayLike,
+    *,
+    equal_nan: bool = False,
+    msg: str = "",
+) -> None:
+    """Assert ``|actual − expected| <= bound`` elementwise (in float64).
+
+    ``actual`` and ``expected`` must have the same shape; ``bound`` broadcasts to it. On failure
+    the message names how many elements exceed their bound and the worst one (largest
+    ``|diff| / bound``): its index, both values, the difference and its bound. NaN in either fails
+    unless ``equal_nan`` and both are NaN there.
+    """
+    a, e = _f64(actual), _f64(expected)
+    if a.shape != e.shape:
+        raise AssertionError(
+            f"{msg}shapes differ: actual {tuple(a.shape)}, expected {tuple(e.shape)}"
+        )
+    b = torch.broadcast_to(_f64(bound), a.shape)
+    if (b < 0).any() or b.isnan().any():
+        raise ValueError("assert_within: the bound must be >= 0 and not NaN")
+    err = (a - e).abs()
+    both_nan = a.isnan() & e.isnan()
+    ok = err <= b
+    if equal_nan:
+        ok |= both_nan
+    if bool(ok.all()):
+        return
+    ratio = torch.where(ok, 0.0, torch.where(b > 0, err / b, torch.inf))
+    ratio = torch.where(ratio.isnan(), torch.inf, ratio)  # NaN error: worst of all
+    flat = int(ratio.flatten().argmax())
+    idx = tuple(int(i) for i in np.unravel_index(flat, a.shape)) if a.dim() else ()
+    bad = int((~ok).sum())
+    raise AssertionError(
+        f"{msg}{bad} of {a.numel()} elements exceed their rounding bound; worst at index {idx}: "
+        f"actual {a[idx].item()!r}, expected {e[idx].item()!r}, |diff| {err[idx].item():.3e} > "
+        f"bound {b[idx].item():.3e} ({ratio[idx].item():.3g}x)"
+    )
