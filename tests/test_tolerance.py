@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import Tensor, nn
 
 from tests.tolerance import (
+    Affine,
+    Mean,
+    Step,
     assert_within,
     dot_bound,
+    forward_bound,
     gamma,
     linear_bound,
+    rounding_bound,
+    softmax_bound,
     sum_bound,
     unit_roundoff,
 )
@@ -153,3 +161,109 @@ def test_assert_within_shapes_nans_and_bounds() -> None:
         assert_within(torch.zeros(2), torch.zeros(2), -1.0)
     assert_within(np.float32(0.5), 0.5, 0.0)  # scalars and numpy arrays
     assert_within(np.arange(3.0), [0.0, 1.0, 2.0], 0.0)
+
+
+class SmallCNN(nn.Module):
+    """(x − 0.375)/0.25 -> conv -> ReLU -> conv(stride 2) -> ReLU -> max pool -> GAP -> linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(0)
+        self.conv1, self.act1 = nn.Conv2d(3, 6, 3, padding=1), nn.ReLU()
+        self.conv2, self.act2 = nn.Conv2d(6, 8, 3, stride=2, padding=1), nn.ReLU()
+        self.pool, self.fc = nn.MaxPool2d(2), nn.Linear(8, 3)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+
+    def steps(self) -> list[Step]:
+        return [
+            Affine(0.375, 0.25),  # exact in float32 and float64: the same network in both
+            *(self.conv1, self.act1, self.conv2, self.act2, self.pool),
+            Mean((2, 3)),
+            self.fc,
+        ]
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.pool(self.act2(self.conv2(self.act1(self.conv1((x - 0.375) / 0.25)))))
+        return self.fc(h.mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_forward_bound_holds_for_batches_splits_and_threads(threads: int) -> None:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        net = SmallCNN().eval()
+        x = torch.rand(5, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+        value, bound = forward_bound(x, net.steps())
+        with torch.no_grad():
+            assert torch.equal(value, net(x))  # the steps are the model
+            exact = copy.deepcopy(net).double()(x.double())
+            single = torch.cat([net(x[i : i + 1]) for i in range(5)])
+        assert bound.shape == (5, 3) and bound.dtype == torch.float64
+        assert_within(value, exact, bound)
+        assert_within(single, exact, bound)
+        assert_within(single, value, 2 * bound)  # two computations: the sum of their bounds
+        # In float64 the same network's bound is 2^-29 of float32's, and still holds.
+        v64, b64 = forward_bound(x.double(), copy.deepcopy(net).double().steps())
+        assert float((b64 / bound).max()) <= 2.0**-29 * 1.001
+        assert_within(value, v64, bound + b64)
+        # A real change is caught: one weight moved by 1% of its size.
+        moved = copy.deepcopy(net)
+        with torch.no_grad():
+            moved.conv1.weight[0, 0, 1, 1] *= 1.01
+            changed = moved(x)
+        with pytest.raises(AssertionError, match="exceed their rounding bound"):
+            assert_within(changed, exact, bound)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def test_forward_bound_steps() -> None:
+    x = torch.tensor([[-2.0, 0.5, 3.0]])
+    value, bound = forward_bound(x, [Affine(0.5, 2.0), nn.ReLU()])
+    assert torch.equal(value, torch.tensor([[0.0, 0.0, 1.25]]))
+    torch.testing.assert_close(bound, gamma(2) * torch.tensor([[1.25, 0.0, 1.25]]).double())
+    lin = nn.Linear(3, 1)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[1.0, -2.0, 4.0]]))
+        lin.bias.fill_(-1.0)
+    _, bound = forward_bound(x, [lin])
+    torch.testing.assert_close(bound, gamma(4) * torch.tensor([[2.0 + 1.0 + 12.0 + 1.0]]).double())
+    _, bound = forward_bound(x[None], [Mean((1, 2))])
+    torch.testing.assert_close(bound, gamma(3) * torch.tensor([5.5 / 3]).double())
+    with pytest.raises(TypeError, match="no rounding bound for step"):
+        forward_bound(x, [nn.Sigmoid()])
+
+
+def test_rounding_bound() -> None:
+    a = torch.randn(1000, dtype=torch.float64, generator=torch.Generator().manual_seed(2)) * 1e3
+    rounded = a.float()
+    assert_within(rounded, a, rounding_bound(rounded))
+    assert_within(a.half(), a, rounding_bound(a.half(), torch.float16), msg="float16: ")
+    with pytest.raises(AssertionError):  # one step more is caught
+        assert_within(
+            torch.nextafter(rounded, torch.full_like(rounded, torch.inf)),
+            a,
+            rounding_bound(rounded),
+        )
+
+
+def test_softmax_bound_covers_its_rounding_and_its_input_error() -> None:
+    gen = torch.Generator().manual_seed(3)
+    z = torch.randn(200, 5, generator=gen, dtype=torch.float64) * 6  # spreads up to ~40
+    z32 = z.float()
+    exact = torch.softmax(z32.double(), 1)
+    # Its own rounding, in float32, with large spreads and with small ones (where the bound is
+    # tightest and assumes ATen's exp is within 1 ulp: Sleef's u10 and glibc's are, the faster
+    # 20-ulp exp_u20 would fail here).
+    for logits in (z32, z32 * 0.01):
+        p = torch.softmax(logits, 1)
+        assert_within(p, torch.softmax(logits.double(), 1), softmax_bound(logits, 0 * logits, 1))
+    # An input error: logits off by up to 1e-3 move p by at most half of it.
+    d = (torch.rand(200, 5, generator=gen, dtype=torch.float64) * 2 - 1) * 1e-3
+    moved = torch.softmax(z32.double() + d, 1)
+    bound = softmax_bound(z32.double(), torch.full_like(d, 1e-3), 1)
+    assert_within(moved, exact, bound)
+    assert float((moved - exact).abs().max()) > 0.05 * float(bound.max())  # not vacuous

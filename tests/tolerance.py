@@ -14,7 +14,13 @@ rounding error of *any* order of summation, which the a-priori bounds below give
   linear layer or a convolution: ``|fl(a·b) − a·b| ≤ γ_n · Σ |a_i b_i|`` (3.5); a bias added in
   the same accumulation is one more term, ``γ_{n+1}``;
 - a difference of two computed sums ``fl(fl(s) − fl(t))``: the sum of the two bounds plus the
-  rounding of the subtraction, ``u · |fl(s) − fl(t)|``.
+  rounding of the subtraction, ``u · |fl(s) − fl(t)|``;
+- a network, layer by layer (:func:`forward_bound`): a layer's own rounding (the dot-product
+  bound on its computed input) plus the error it inherits, ``|W| · e`` for a linear layer or a
+  convolution, unchanged through ReLU and max pooling (1-Lipschitz, exact).
+
+Two float computations of the same value (e.g. a batch and its samples one by one, on two CPUs)
+each lie within the bound of the exact value, so they differ by at most the sum of their bounds.
 
 The bounds are computed in float64; a reference computed in float64 from the same float32 inputs
 is exact next to them (its own error is about ``2^-29`` of a float32 bound of the same size).
@@ -23,10 +29,12 @@ is exact next to them (its own error is about ``2^-29`` of a float32 bound of th
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 ArrayLike = Tensor | np.ndarray | float | Sequence[float]
 
@@ -90,6 +98,118 @@ def linear_bound(weight: Tensor, bias: Tensor | None, x: Tensor) -> Tensor:
     if bias is None:
         return gamma(weight.shape[1], x.dtype) * mass
     return gamma(weight.shape[1] + 1, x.dtype) * (mass + bias.detach().to(torch.float64).abs())
+
+
+def rounding_bound(rounded: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+    """``γ_1 · |fl(a)|``: the error of rounding ``a`` to ``dtype``, from the rounded value.
+
+    ``|fl(a) − a| ≤ u·|a|`` and ``|a| ≤ |fl(a)| / (1 − u)``. E.g. a float64 computation returned
+    as float32 (the attribution contract) is within this of its float64 value. Float64 result.
+    """
+    return gamma(1, dtype) * rounded.detach().to(torch.float64).abs()
+
+
+def softmax_bound(logits: Tensor, bound: Tensor, dim: int = -1) -> Tensor:
+    """The error of ``softmax(ẑ, dim)`` computed in ``ẑ``'s dtype, where ``|ẑ − z| <= bound``.
+
+    ``½ · max_j bound_j`` (softmax is ½-Lipschitz in the max norm: row ``i`` of its Jacobian
+    ``diag(p) − p pᵀ`` has absolute sum ``2 p_i (1 − p_i) <= ½``) plus its own rounding,
+    ``γ_k · p_i`` with ``k = C + 4 + 2⌈max_j |ẑ_j − m|⌉`` (``C`` classes, ``m = max ẑ``): the
+    subtraction ``ẑ_j − m`` (``u·|ẑ_j − m|`` in the exponent), ``exp`` (within 1 ulp, ``2u``:
+    ATen's softmax uses Sleef's u10 exp, or glibc's on the scalar path), the sum of ``C`` terms
+    and the division, for ``p_i`` and its denominator. Float64 result.
+    """
+    z = logits.detach().to(torch.float64)
+    p = torch.softmax(z, dim)
+    spread = (z - z.amax(dim, keepdim=True)).abs().amax(dim, keepdim=True)
+    k = z.shape[dim] + 4 + 2 * int(torch.ceil(spread).max())
+    lipschitz = 0.5 * bound.to(torch.float64).amax(dim, keepdim=True)
+    return lipschitz + gamma(k, logits.dtype) * p
+
+
+@dataclass(frozen=True)
+class Affine:
+    """The elementwise step ``(x − shift) / scale`` of a network (two roundings); numbers or
+    tensors that broadcast (e.g. a model's ``mean``/``std`` buffers)."""
+
+    shift: float | Tensor
+    scale: float | Tensor
+
+
+@dataclass(frozen=True)
+class Mean:
+    """The step ``x.mean(dims)`` of a network (a sum of ``n`` terms and a division)."""
+
+    dims: tuple[int, ...]
+
+
+Step = nn.Module | Affine | Mean
+
+
+def forward_bound(x: Tensor, steps: Sequence[Step]) -> tuple[Tensor, Tensor]:
+    """``(value, bound)``: ``steps`` applied to ``x``, and the bound on the value's rounding error.
+
+    The bound is on ``|computed − exact|``, where *exact* is the same network in exact arithmetic
+    on the same (float) parameters, input and constants; ``x`` is taken as exact. Per step, on
+    the computed input ``v`` with inherited error ``e``:
+
+    - ``nn.Linear`` / ``nn.Conv{1,2,3}d`` (``n`` = in_features, or in_channels/groups · kernel
+      volume): ``γ_{n+1} · (|W| ∗ |v| + |b|) + |W| ∗ e`` (``γ_n`` and no ``|b|`` without bias);
+    - ``nn.ReLU``, ``nn.MaxPool{1,2,3}d``, ``nn.Identity``, ``nn.Flatten``: ``e`` through the same
+      op (each is exact and 1-Lipschitz, max pooling in the max norm);
+    - :class:`Affine` ``(v − a) / s``: ``γ_2 · |(v − a) / s| + e / |s|``;
+    - :class:`Mean` over ``n`` elements: ``γ_n · mean(|v|) + mean(e)``.
+
+    The value is computed with the same ops as a ``forward`` that chains the steps, so
+    ``value`` equals the model's output exactly for the same batch (a check that the steps
+    describe the model). Bounds are float64.
+    """
+    with torch.no_grad():
+        v = x.detach()
+        e = torch.zeros_like(v, dtype=torch.float64)
+        dtype = v.dtype
+        for step in steps:
+            v64 = v.to(torch.float64).abs()
+            if isinstance(step, Affine):
+                shift, scale = (
+                    torch.as_tensor(c).to(torch.float64) for c in (step.shift, step.scale)
+                )
+                exact = (v.to(torch.float64) - shift) / scale
+                v = (v - step.shift) / step.scale
+                e = gamma(2, dtype) * exact.abs() + e / scale.abs()
+            elif isinstance(step, Mean):
+                n = int(np.prod([v.shape[d] for d in step.dims]))
+                v = v.mean(dim=step.dims)
+                e = gamma(n, dtype) * v64.mean(dim=step.dims) + e.mean(dim=step.dims)
+            elif isinstance(step, nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d):
+                w64 = step.weight.detach().to(torch.float64).abs()
+                if isinstance(step, nn.Linear):
+                    n = step.in_features
+                else:
+                    n = step.in_channels // step.groups * int(np.prod(step.kernel_size))
+                    if step.padding_mode != "zeros":
+                        raise ValueError(f"forward_bound: padding_mode {step.padding_mode!r}")
+                g = gamma(n if step.bias is None else n + 1, dtype)
+                # γ·(|W| ∗ |v|) + |W| ∗ e as one product: (γ|v| + e) ∗ |W|, then γ·|b|.
+                spread = g * v64 + e
+                if isinstance(step, nn.Linear):
+                    e = F.linear(spread, w64)
+                else:
+                    e = step._conv_forward(spread, w64, None)  # type: ignore[operator]
+                if step.bias is not None:
+                    shape = (
+                        (-1,) + (1,) * (e.dim() - 2) if not isinstance(step, nn.Linear) else (-1,)
+                    )
+                    e = e + g * step.bias.detach().to(torch.float64).abs().view(shape)
+                v = step(v)
+            elif isinstance(step, nn.ReLU | nn.MaxPool1d | nn.MaxPool2d | nn.MaxPool3d):
+                v = step(v)
+                e = step(e) if not isinstance(step, nn.ReLU) else e
+            elif isinstance(step, nn.Identity | nn.Flatten):
+                v, e = step(v), step(e)
+            else:
+                raise TypeError(f"forward_bound: no rounding bound for step {step!r}")
+    return v, e
 
 
 def assert_within(
