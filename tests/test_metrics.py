@@ -32,13 +32,13 @@ from benchbox.params import validate_params
 from benchbox.seeding import make_generator
 from tests.tolerance import (
     Affine,
+    Bounded,
+    Float64Inside,
     Mean,
     Step,
     assert_within,
-    forward_bound,
     gamma,
     rounding_bound,
-    softmax_bound,
 )
 
 try:  # the peer reference; only the comparison tests need it
@@ -101,27 +101,6 @@ class LinearNet(nn.Module):
         return self.fc(x.flatten(1))
 
 
-class Bounded(nn.Module):
-    """``net`` (a TinyNet or LinearNet), keeping the largest rounding-error bounds over every
-    forward pass (``forward_bound`` on ``net.steps()``: the same ops, so the same outputs):
-    ``logit_bound`` of its logits, ``prob_bound`` of the probabilities the metrics compute from
-    them (``softmax`` in float32 of the logits cast to float32, as ``faithfulness._scores``)."""
-
-    def __init__(self, net: TinyNet | LinearNet) -> None:
-        super().__init__()
-        self.net = net
-        self.logit_bound = torch.zeros((), dtype=torch.float64)
-        self.prob_bound = torch.zeros((), dtype=torch.float64)
-
-    def forward(self, x: Tensor) -> Tensor:
-        value, bound = forward_bound(x, self.net.steps())
-        self.logit_bound = torch.maximum(self.logit_bound, bound.max())
-        z32 = value.float()
-        prob = softmax_bound(z32, rounding_bound(z32) + bound, 1)
-        self.prob_bound = torch.maximum(self.prob_bound, prob.max())
-        return value
-
-
 def bounded64(net: TinyNet | LinearNet, channels: int, size: int) -> tuple[ExplainedModel, Bounded]:
     """``net`` in float64 behind ``Bounded``, wrapped as an ExplainedModel.
 
@@ -135,18 +114,6 @@ def bounded64(net: TinyNet | LinearNet, channels: int, size: int) -> tuple[Expla
     """
     bounded = Bounded(net.double())
     return wrap(bounded, channels, size), bounded
-
-
-class Float64Inside(nn.Module):
-    """A float32 model for callers that insist on float32 (Quantus: ``torch.Tensor(x)``) that
-    computes in float64 (``net``, e.g. a float64 ``Bounded``) and returns its logits rounded."""
-
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.net(x.double()).float()
 
 
 def curve_tolerance(a: Tensor, b: Tensor, net: Bounded, score: Score) -> Tensor:

@@ -212,6 +212,43 @@ def forward_bound(x: Tensor, steps: Sequence[Step]) -> tuple[Tensor, Tensor]:
     return v, e
 
 
+class Bounded(nn.Module):
+    """``net``, keeping the largest rounding-error bounds over all its forward passes.
+
+    ``net.steps()`` lists its forward pass as :func:`forward_bound` steps; the forward pass *is*
+    ``forward_bound``'s (the same ops, so the same outputs). ``logit_bound``: the largest bound
+    of its outputs; ``prob_bound``: of the probabilities computed from them as benchbox does,
+    ``softmax`` over dim 1 in float32 of the outputs cast to float32 (``rounding_bound`` of the
+    cast added to the outputs' bound, then :func:`softmax_bound`).
+    """
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self.logit_bound = torch.zeros((), dtype=torch.float64)
+        self.prob_bound = torch.zeros((), dtype=torch.float64)
+
+    def forward(self, x: Tensor) -> Tensor:
+        value, bound = forward_bound(x, self.net.steps())  # type: ignore[operator]
+        self.logit_bound = torch.maximum(self.logit_bound, bound.max())
+        z32 = value.float()
+        prob = softmax_bound(z32, rounding_bound(z32) + bound, 1)
+        self.prob_bound = torch.maximum(self.prob_bound, prob.max())
+        return value
+
+
+class Float64Inside(nn.Module):
+    """A float32 model for callers that insist on float32 (Quantus: ``torch.Tensor(x)``) that
+    computes in float64 (``net``, e.g. a float64 ``Bounded``) and returns its logits rounded."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x.double()).float()
+
+
 def assert_within(
     actual: ArrayLike,
     expected: ArrayLike,
