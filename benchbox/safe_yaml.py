@@ -52,6 +52,14 @@ class _Loader(yaml.SafeLoader):
         super().__init__(stream)
         self._depth = 0
 
+    def fetch_flow_collection_start(self, TokenClass: Any) -> None:
+        # The scanner runs ahead of the composer, and its cost per token grows with the flow
+        # depth (PyYAML keeps a possible simple key per level): 50,000 ``[`` cost a second before
+        # the composer saw level 65. Refuse at the bracket instead.
+        if self.flow_level >= MAX_DEPTH:
+            raise _Refused(self.get_mark(), f"nesting deeper than {MAX_DEPTH} levels")
+        super().fetch_flow_collection_start(TokenClass)
+
     def compose_node(self, parent: Node | None, index: Any) -> Node | None:
         self._depth += 1
         try:
