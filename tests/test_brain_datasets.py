@@ -452,13 +452,27 @@ def test_loading_never_touches_the_network(monkeypatch: pytest.MonkeyPatch) -> N
 # -- slow: speed and learnability -----------------------------------------------------------------
 @pytest.mark.slow
 @pytest.mark.parametrize("cls", [BrainLesions2D, CTLesions2D])
-def test_generation_is_fast(cls: type) -> None:
+def test_generation_costs_less_than_one_pass_of_the_model(cls: type) -> None:
+    """Generating 2,000 training images costs less CPU than one forward+backward of cnn_gap (the
+    quickstart's model) over them, so training (≥ 12 such passes) is never bound by its data.
+
+    A ratio measured in one process, not a budget in seconds: a shared machine inflates both
+    sides alike (an absolute 5 s budget failed at 5.5 s with another worker on the core).
+    Measured (AMD EPYC, one thread): 0.64 brain, 0.31 CT.
+    """
+    from benchbox.models.cnn import CNNGap
+
     d = cls(n_train=2000)
     d.get("train", range(16))  # warm-up: loads the template / slice
-    # CPU time of this process (one thread): what the code costs, not how busy the machine is.
+    net = CNNGap().network(d)
     start = time.process_time()
-    d.get("train", range(2000))
-    assert time.process_time() - start < 5.0
+    x = d.get("train", range(2000)).x
+    generate = time.process_time() - start
+    start = time.process_time()
+    for chunk in x.split(64):
+        net(chunk).sum().backward()
+    one_pass = time.process_time() - start
+    assert generate < one_pass, (generate, one_pass)
 
 
 def _train(ds: Dataset, train_seed: int = 0) -> Any:
