@@ -35,6 +35,7 @@ from benchbox.metrics.faithfulness import (
     RegionPerturbation,
     _first_distinct,
     baseline_image,
+    faithfulness_correlation,
     linear_imputation,
     patch_ids,
     perturbation_ranks,
@@ -44,6 +45,16 @@ from benchbox.metrics.faithfulness import (
 )
 from benchbox.params import validate_params
 from benchbox.seeding import make_generator
+from tests.tolerance import (
+    Affine,
+    Bounded,
+    Float64Inside,
+    Mean,
+    Step,
+    assert_within,
+    gamma,
+    rounded_logit_bound,
+)
 
 quantus = pytest.importorskip("quantus")
 
@@ -68,6 +79,11 @@ class SmallNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         h = F.relu(self.conv2(F.relu(self.conv1((x - 0.4) / 0.25))))
         return self.fc(h.mean(dim=(2, 3)))
+
+    def steps(self) -> list[Step]:
+        """The forward pass as ``tests.tolerance.forward_bound`` steps."""
+        relu = nn.ReLU()
+        return [Affine(0.4, 0.25), self.conv1, relu, self.conv2, relu, Mean((2, 3)), self.fc]
 
 
 class LinearNet(nn.Module):
@@ -190,8 +206,10 @@ def test_parameter_validation_messages() -> None:
 
 
 def test_trapezoid_is_numpy_trapz_dx1() -> None:
-    y = torch.rand(4, 7, generator=torch.Generator().manual_seed(0))
-    np.testing.assert_allclose(trapezoid(y).numpy(), np.trapezoid(y.numpy(), dx=1, axis=1))
+    y = torch.rand(4, 7, generator=torch.Generator().manual_seed(0)).double()
+    # Both in float64, summing 2·6 halves in their own orders.
+    bound = 2 * gamma(2 * y.shape[1], torch.float64) * y.abs().sum(dim=1)
+    assert_within(trapezoid(y.float()), np.trapezoid(y.numpy(), dx=1, axis=1), bound)
     assert trapezoid(torch.tensor([[1.0, 0.0, 1.0]])).item() == 1.0
 
 
@@ -598,7 +616,8 @@ def test_faithfulness_correlation_is_one_for_a_linear_model() -> None:
 
 
 def test_faithfulness_correlation_undefined_cases_and_chunking() -> None:
-    model = wrap(SmallNet())
+    net = Bounded(SmallNet().double())  # in float64 behind a float32 face, as for infidelity
+    model = wrap(Float64Inside(net))
     x, target, attr = data(4, 12)
     attr[1] = 0.25  # constant map: every subset sums to the same value
     attr[2, 0, 5, 5] = torch.nan
@@ -611,7 +630,30 @@ def test_faithfulness_correlation_undefined_cases_and_chunking() -> None:
             "attribution has non-finite values",
             None,
         ]
-        torch.testing.assert_close(o.values, outs[0].values, rtol=0, atol=1e-6, equal_nan=True)
+    # Chunks of other sizes run the model on other batch shapes: each drop Δ_r moves by at most
+    # 4·rounded_logit_bound between two runs (see the infidelity test), each subset sum
+    # (10 terms) by at most 2γ_9·Σ|a_S|. The Pearson correlation of centred vectors u, v moves by
+    # at most 2‖δu‖/‖u‖ + 2‖δv‖/‖v‖ (‖û − v̂‖ ≤ 2‖u − v‖/‖u‖), ‖δ‖ ≤ √R·max|δ_r|.
+    parts = [
+        faithfulness_correlation(
+            model, x, attr, target, n_runs=12, subset_size=10, baseline=baseline_image(x, "min"),
+            score="logit", batch_size=bs, generator=make_generator(0),
+        )
+        for bs in (1, 5, 100)
+    ]  # fmt: skip
+    _, sums, deltas = parts[0]
+    a_max = attr.double().abs().flatten(1).amax(dim=1, keepdim=True).nan_to_num(0.0)
+    e_sums = 2 * gamma(9) * 10 * a_max
+    e_deltas = 4 * rounded_logit_bound(net)
+    centred = [(t - t.mean(dim=1, keepdim=True)).norm(dim=1) for t in (sums, deltas)]
+    moves = 2 * math.sqrt(12) * (e_sums.squeeze(1) / centred[0] + e_deltas / centred[1])
+    for corr, s_b, d_b in parts:
+        assert_within(d_b, deltas, e_deltas)
+        assert_within(s_b, sums, e_sums, equal_nan=True)
+        assert_within(corr[[0, 3]], parts[0][0][[0, 3]], moves[[0, 3]])
+    for o in outs:
+        assert_within(o.values[[0, 3]], outs[0].values[[0, 3]], moves[[0, 3]])
+        assert o.values[1:3].isnan().all()
     flat = wrap(LinearNet((1, 12, 12)))
     flat.module.fc.weight.data.zero_()  # type: ignore[union-attr, operator]
     dead = metric.score(context(flat, x, target, torch.randn(4, 1, 12, 12)))
@@ -675,13 +717,21 @@ def test_infidelity_normalize_is_scale_free_nan_maps_and_chunking() -> None:
     b = metric.score(context(model, x, target, 37.0 * attr, seed=2, batch_size=3))
     torch.testing.assert_close(a.values, b.values, rtol=1e-5, atol=1e-8)
     attr[3, 0, 1, 1] = torch.nan
+    # Chunks of other sizes run the model on other batch shapes, whose float32 kernels round
+    # differently by CPU; in float64 behind a float32 face each logit of two runs differs by at
+    # most 2·rounded_logit_bound, each Δ = y(x) − y(x − ε) by e = twice that, and so the mean of
+    # (s − Δ)² by at most 2e·√v + e² (Cauchy–Schwarz).
+    net = Bounded(SmallNet().double())
+    model = wrap(Float64Inside(net))
     outs = [
         Infidelity(n_perturb_samples=5).score(context(model, x, target, attr, batch_size=bs))
         for bs in (1, 4, 50)
     ]
+    e = 4 * rounded_logit_bound(net)
     for o in outs:
         assert o.reasons == [None, None, None, "attribution has non-finite values"]
-        torch.testing.assert_close(o.values, outs[0].values, rtol=1e-6, atol=0, equal_nan=True)
+        v = outs[0].values.nan_to_num(0.0)
+        assert_within(o.values, outs[0].values, 2 * e * v.sqrt() + e**2, equal_nan=True)
 
 
 # ================================================================================================

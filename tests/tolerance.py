@@ -217,24 +217,35 @@ class Bounded(nn.Module):
 
     ``net.steps()`` lists its forward pass as :func:`forward_bound` steps; the forward pass *is*
     ``forward_bound``'s (the same ops, so the same outputs). ``logit_bound``: the largest bound
-    of its outputs; ``prob_bound``: of the probabilities computed from them as benchbox does,
-    ``softmax`` over dim 1 in float32 of the outputs cast to float32 (``rounding_bound`` of the
-    cast added to the outputs' bound, then :func:`softmax_bound`).
+    of its outputs; ``logit_max``: the largest ``|output|``; ``prob_bound``: the largest bound of
+    the probabilities computed from them as benchbox does, ``softmax`` over dim 1 in float32 of
+    the outputs cast to float32 (``rounding_bound`` of the cast added to the outputs' bound, then
+    :func:`softmax_bound`).
     """
 
     def __init__(self, net: nn.Module) -> None:
         super().__init__()
         self.net = net
         self.logit_bound = torch.zeros((), dtype=torch.float64)
+        self.logit_max = torch.zeros((), dtype=torch.float64)
         self.prob_bound = torch.zeros((), dtype=torch.float64)
 
     def forward(self, x: Tensor) -> Tensor:
         value, bound = forward_bound(x, self.net.steps())  # type: ignore[operator]
         self.logit_bound = torch.maximum(self.logit_bound, bound.max())
+        self.logit_max = torch.maximum(self.logit_max, value.detach().abs().max().double())
         z32 = value.float()
         prob = softmax_bound(z32, rounding_bound(z32) + bound, 1)
         self.prob_bound = torch.maximum(self.prob_bound, prob.max())
         return value
+
+
+def rounded_logit_bound(net: Bounded, dtype: torch.dtype = torch.float32) -> Tensor:
+    """The bound on a logit of ``net`` (a float64 ``Bounded``) rounded to ``dtype``, as
+    :class:`Float64Inside` returns it, against the exact network: ``L + u·(V + L)`` with
+    ``L = logit_bound`` and ``V = logit_max``. Two such computations of the same logit (e.g. in
+    batches of other sizes) differ by at most twice this."""
+    return net.logit_bound + unit_roundoff(dtype) * (net.logit_max + net.logit_bound)
 
 
 class Float64Inside(nn.Module):
