@@ -8,7 +8,6 @@ the region that raises the score on a hand-built GAP CNN where an unweighted map
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
 from collections.abc import Iterator
 from typing import Any, cast
@@ -27,15 +26,7 @@ from benchbox.methods.cam import CAM, GradCAM, GradCAMPlusPlus, GuidedGradCAM, S
 from benchbox.models.cnn import CNNGapNet
 from benchbox.params import validate_params
 from benchbox.seeding import make_generator
-from tests.tolerance import (
-    Affine,
-    Float64Inside,
-    Mean,
-    Step,
-    assert_within,
-    gamma,
-    rounding_bound,
-)
+from tests.tolerance import Affine, Mean, Step, assert_within, in_float64, map_bound
 
 # Small parameters keep every call fast; score_cam's batch_size splits K = 8 channels unevenly.
 CAM_METHODS: dict[str, dict[str, Any]] = {
@@ -161,18 +152,15 @@ def test_contract(name: str, dims: int) -> None:
     assert all(p.grad is None for p in net.parameters()) and not net.training
     torch.testing.assert_close(x, x0, rtol=0, atol=0)
     # A batch gives the per-sample maps. Float32 convolutions of other batch sizes round
-    # differently on each CPU (3D maps reach ~20), so this runs the network in float64 behind a
-    # float32 face: both maps are then float64 values rounded, each within rounding_bound, and
-    # the float64 values differ by float64 reordering, γ_n(float64) of the map's scale.
-    wide = dataclasses.replace(model, module=Float64Inside(net.double()))
+    # differently on each CPU (3D maps reach ~20), so this compares them in float64.
+    wide = in_float64(model)
     out = method.attribute(wide, x, target, generator=make_generator(3))
     parts = [
         method.attribute(wide, x[i : i + 1], target[i : i + 1], generator=make_generator(3))
         for i in range(5)
     ]
     one_by_one = torch.cat(parts)
-    reorder = gamma(out[0].numel(), torch.float64) * out.abs().max()
-    assert_within(one_by_one, out, rounding_bound(out) + rounding_bound(one_by_one) + reorder)
+    assert_within(one_by_one, out, map_bound(out) + map_bound(one_by_one))
 
 
 @pytest.mark.parametrize("name", list(CAM_METHODS))

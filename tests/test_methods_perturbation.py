@@ -46,6 +46,8 @@ from tests.tolerance import (
     Float64Inside,
     assert_within,
     gamma,
+    in_float64,
+    map_bound,
     rounded_logit_bound,
     unit_roundoff,
 )
@@ -151,20 +153,23 @@ def test_contract(name: str, dims: int) -> None:
     torch.testing.assert_close(run(method, model, x, target, seed=5), out, rtol=0, atol=0)
     if name in STOCHASTIC:
         assert not torch.equal(run(method, model, x, target, seed=6), out)
-    # Per-sample calls sharing one generator give the batch's maps: each image draws its own
-    # samples, in batch order. Float32 forward passes of different batch compositions differ in
-    # the last bits, which the regressions (LIME, KernelSHAP) amplify a little.
-    gen = make_generator(5)
-    parts = [
-        method.attribute(model, x[i : i + 1], target[i : i + 1], generator=gen) for i in range(3)
-    ]
-    torch.testing.assert_close(torch.cat(parts), out, rtol=1e-5, atol=1e-5)
     assert hook_counts(net) == hooks
     assert {n: p.requires_grad for n, p in net.named_parameters()} == flags
     for k, v in net.state_dict().items():
         torch.testing.assert_close(v, state[k], rtol=0, atol=0)
     assert all(p.grad is None for p in net.parameters()) and not net.training
     torch.testing.assert_close(x, x0, rtol=0, atol=0)
+    # Per-sample calls sharing one generator give the batch's maps: each image draws its own
+    # samples, in batch order. Float32 forward passes of other batch compositions round
+    # differently on each CPU (the regressions of LIME and KernelSHAP amplify it), so this
+    # compares them in float64.
+    wide = in_float64(model)
+    out = run(method, wide, x, target, seed=5)
+    gen = make_generator(5)
+    one_by_one = torch.cat(
+        [method.attribute(wide, x[i : i + 1], target[i : i + 1], generator=gen) for i in range(3)]
+    )
+    assert_within(one_by_one, out, map_bound(out) + map_bound(one_by_one))
 
 
 @pytest.mark.parametrize("name", list(PERTURBATION_METHODS))

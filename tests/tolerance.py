@@ -28,8 +28,10 @@ is exact next to them (its own error is about ``2^-29`` of a float32 bound of th
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -258,6 +260,25 @@ class Float64Inside(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x.double()).float()
+
+
+def in_float64(model: Any) -> Any:
+    """``model`` (an ``ExplainedModel``) with its network in float64 behind a float32 face.
+
+    For comparing two computations that batch the same rows differently (a batch and its
+    samples one by one, a chunked metric): float32 kernels round other batch shapes differently
+    on each CPU, while float64 values rounded to float32 agree to :func:`map_bound`. Converts
+    ``model.module`` in place (its target layers stay valid)."""
+    return dataclasses.replace(model, module=Float64Inside(model.module.double()))
+
+
+def map_bound(m: Tensor) -> Tensor:
+    """The error of a float32 map ``m`` ``[B, ...]`` computed in float64 (:func:`in_float64`)
+    and rounded: ``rounding_bound(m)`` plus float64 reordering, ``γ_n(float64)`` of the largest
+    ``|m|`` (``n`` = elements per sample). Two such maps of the same value differ by at most
+    the sum of their bounds."""
+    reorder = gamma(m[0].numel(), torch.float64) * m.detach().abs().max().to(torch.float64)
+    return rounding_bound(m) + reorder
 
 
 def assert_within(
