@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import copy
+import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,11 +25,14 @@ from tests.tolerance import (
     forward_bound,
     gamma,
     linear_bound,
+    map_bound,
     rounding_bound,
     softmax_bound,
     sum_bound,
     unit_roundoff,
 )
+
+ROOT = Path(__file__).parents[1]
 
 
 def test_unit_roundoff_and_gamma() -> None:
@@ -267,3 +275,35 @@ def test_softmax_bound_covers_its_rounding_and_its_input_error() -> None:
     bound = softmax_bound(z32.double(), torch.full_like(d, 1e-3), 1)
     assert_within(moved, exact, bound)
     assert float((moved - exact).abs().max()) > 0.05 * float(bound.max())  # not vacuous
+
+
+def test_map_bound_covers_a_float64_map_rounded_and_catches_one_ulp_more() -> None:
+    m64 = torch.randn(3, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    m = m64.float()
+    assert_within(m, m64, map_bound(m))
+    assert_within(m, m64 * (1 + 1e-14), map_bound(m))  # float64 reordering, far below float32
+    with pytest.raises(AssertionError):
+        assert_within(torch.nextafter(m, m + 1), m64, map_bound(m) / 2)
+
+
+def test_the_tolerance_audit_records_how_close_each_comparison_comes(tmp_path: Path) -> None:
+    (tmp_path / "test_close.py").write_text(
+        "import numpy as np, pytest, torch\n"
+        "def test_close():\n"
+        "    torch.testing.assert_close(torch.tensor([1.0 + 5e-7]), torch.tensor([1.0]),"
+        " rtol=0, atol=1e-6)\n"
+        "    np.testing.assert_allclose([2.5e-7], [0.0], rtol=0, atol=1e-6)\n"
+        "    assert 1.0 + 1e-7 == pytest.approx(1.0, rel=1e-6, abs=0)\n"
+    )
+    out = tmp_path / "audit"
+    env = {**os.environ, "BENCHBOX_TOLERANCE_AUDIT": str(out), "PYTHONPATH": str(ROOT)}
+    env.pop("PYTEST_XDIST_WORKER", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "tests.tolerance_audit", "-p",
+         "no:cacheprovider", "-p", "no:xdist", str(tmp_path / "test_close.py")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    uses = sorted(json.loads(line)["use"] for line in (out / "main.jsonl").read_text().splitlines())
+    # float32(1 + 5e-7) is 1 + 4 ulps = 1 + 4.77e-7; approx's 1e-7 is measured in float64.
+    assert uses == pytest.approx([0.1, 0.25, 4 * 2**-23 / 1e-6], rel=1e-6)
