@@ -10,7 +10,9 @@ the registry and the CLI.
 
 from __future__ import annotations
 
+import contextvars
 import enum
+import functools
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -118,16 +120,52 @@ class Batch:
         )
 
 
+# ids of the components whose outermost __init__ is running: a subclass's super().__init__(...)
+# is not validated again against the parent's signature.
+_CONSTRUCTING: contextvars.ContextVar[frozenset[int]] = contextvars.ContextVar(
+    "benchbox_constructing", default=frozenset()
+)
+
+
 class Component:
     """Base of every registry entry: a one-line description and declared capabilities.
 
-    Components take keyword-only parameters in ``__init__``; the suite validates them against the
+    Components take keyword-only parameters in ``__init__``; they are validated against the
     signature's type hints (see ``benchbox.params``), so constraints such as ``PositiveInt`` are
-    part of the signature, not of ad-hoc checks.
+    part of the signature, not of ad-hoc checks. That holds for a suite's parameters and for a
+    component constructed in Python alike: every subclass's ``__init__`` is wrapped to check its
+    keyword arguments first (``PointingGame(tolerance=-3)`` raises ``ParameterError``).
     """
 
     needs: ClassVar[frozenset[Capability]] = frozenset()
     provides: ClassVar[frozenset[Capability]] = frozenset()
+    # The name a suite gives a generated class (an adapter's "captum:Occlusion"); built-ins are
+    # named by the registry's table (benchbox.registry.name_of).
+    registry_name: ClassVar[str | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            return
+
+        @functools.wraps(init)
+        def checked_init(self: Any, *args: Any, **params: Any) -> None:
+            active = _CONSTRUCTING.get()
+            if id(self) in active:  # a parent's __init__ through super()
+                init(self, *args, **params)
+                return
+            from .params import check_construction
+            from .registry import name_of
+
+            check_construction(type(self), params, name_of(type(self)))
+            token = _CONSTRUCTING.set(active | {id(self)})
+            try:
+                init(self, *args, **params)
+            finally:
+                _CONSTRUCTING.reset(token)
+
+        cls.__init__ = checked_init  # type: ignore[method-assign]
 
     def requirements(self) -> frozenset[Capability]:
         """What this instance needs; a wrapper needs what its base needs (SmoothGrad of

@@ -47,6 +47,8 @@ from typing import Annotated, Any
 import pydantic
 from pydantic import ConfigDict, Field, create_model
 
+from .errors import UserError
+
 __all__ = [
     "LIMITS",
     "MAX_COUNT",
@@ -56,11 +58,13 @@ __all__ = [
     "MAX_SIZE",
     "Count",
     "Int64",
+    "ParameterError",
     "Pixels",
     "Samples",
     "Seed",
     "Size",
     "canonical_json",
+    "check_construction",
     "format_pydantic_error",
     "int_type_for",
     "parameter_defaults",
@@ -258,6 +262,34 @@ def validate_params(
     except pydantic.ValidationError as exc:
         return {}, [format_pydantic_error(e, model, prefix) for e in exc.errors()]
     return resolved.model_dump(mode="python"), []
+
+
+class ParameterError(UserError, ValueError):
+    """A component constructed from Python with a parameter its signature refuses: the same
+    one-line ``name.param: expected …, got …`` as a suite's (exit 2 from the CLI)."""
+
+
+def check_construction(cls: type, kwargs: dict[str, Any], name: str) -> None:
+    """Validate the keyword arguments a component is constructed with, as a suite's are.
+
+    Called by ``Component.__init_subclass__``'s wrapper of every ``__init__``, so that
+    ``PointingGame(tolerance=-3)`` fails at once, as ``tolerance: -3`` in a suite does. Values
+    that are not plain data (a ``Method`` given to a wrapper, a tensor) are left to the
+    component; a missing required argument is Python's own ``TypeError``. Raises
+    :class:`ParameterError` naming ``name.param``, every problem on one line.
+    """
+    plain = {k: v for k, v in kwargs.items() if _plain_problem(v, k) is None}
+    if not plain:
+        return
+    model = _params_model(cls)
+    try:
+        model.model_validate_json(json.dumps(plain, allow_nan=True), strict=True)
+    except pydantic.ValidationError as exc:
+        problems = [
+            format_pydantic_error(e, model, name) for e in exc.errors() if e["type"] != "missing"
+        ]
+        if problems:
+            raise ParameterError("; ".join(problems)) from None
 
 
 def parameter_defaults(cls: type) -> dict[str, str]:

@@ -28,6 +28,7 @@ __all__ = [
     "methods",
     "metrics",
     "models",
+    "name_of",
 ]
 
 T = TypeVar("T")
@@ -304,6 +305,16 @@ methods.register_prefix("gradcam", "benchbox.methods.adapters:gradcam_method")
 methods.register_prefix("zennit", "benchbox.methods.adapters:zennit_method")
 models.register_prefix("torchvision", "benchbox.models.external:torchvision_builder")
 models.register_prefix("timm", "benchbox.models.external:timm_builder")
+
+_NAMES = {path: name for table in _BUILTINS.values() for name, path in table.items()}
+
+
+def name_of(cls: type) -> str:
+    """A component class's registry name (``PointingGame`` -> ``"pointing_game"``) for built-ins,
+    else its class name: what messages about its parameters start with."""
+    own = getattr(cls, "registry_name", None)
+    return own or _NAMES.get(f"{cls.__module__}:{cls.__qualname__}", cls.__name__)
+
 
 REGISTRIES: dict[str, Registry[Any]] = {
     "datasets": datasets,

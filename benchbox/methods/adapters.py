@@ -180,6 +180,7 @@ def _build_class(
         "needs": needs,
         "supports_3d": supports_3d,
         "wrapped": wrapped,
+        "registry_name": wrapped,
         "attribute": attribute,
     }
     return type(class_name, (AdapterMethod,), namespace)

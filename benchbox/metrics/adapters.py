@@ -441,6 +441,7 @@ def quantus_metric(name: str) -> type[QuantusMetric]:
         "__module__": __name__,
         "__qualname__": f"Quantus_{name}",
         "quantus_name": name,
+        "registry_name": f"quantus:{name}",
         "higher_is_better": higher,
         "needs": needs,
     }
