@@ -1,7 +1,8 @@
 """benchbox: benchmark and sanity-check attribution methods on medical images.
 
 ``import benchbox`` is cheap: components are imported when a suite names them, and the Python API
-(``benchbox.run``, ``benchbox.load``) is imported when first used. ``benchbox.compare`` is the
+(``benchbox.run``, ``benchbox.load``, ``benchbox.explain``, ``benchbox.evaluate``) is imported
+when first used. ``benchbox.compare`` is the
 module of the CI gate (``benchbox.compare.compare``), not a lazy name: a submodule and a function
 of the same name would shadow one another depending on import order.
 """
@@ -12,10 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["Results", "__version__", "load", "run"]
+__all__ = ["Results", "__version__", "evaluate", "explain", "load", "run"]
 
 if TYPE_CHECKING:
     from .api import Results, load, run
+    from .direct import evaluate, explain
 
 # name -> module that defines it; imported on first access (PEP 562), so `import benchbox` and
 # `benchbox --help` never pay for torch, pandas or scipy.
@@ -23,6 +25,8 @@ _LAZY = {
     "run": "benchbox.api",
     "load": "benchbox.api",
     "Results": "benchbox.api",
+    "explain": "benchbox.direct",
+    "evaluate": "benchbox.direct",
 }
 
 

@@ -21,7 +21,14 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .compare import DEFAULT_TOLERANCE, Comparison, compare, load_side
+from .compare import (
+    DEFAULT_TOLERANCE,
+    Comparison,
+    append_markdown,
+    check_same_suite,
+    compare,
+    load_side,
+)
 from .errors import SuiteError, UserError
 
 if TYPE_CHECKING:
@@ -184,22 +191,40 @@ def run(
     *,
     device: str | None = None,
     output: str | os.PathLike[str] | None = None,
+    resume: str | os.PathLike[str] | None = None,
+    executor: str = "local",
+    workers: int | None = None,
+    scheduler: str | None = None,
+    cache: bool | None = None,
+    report: bool = False,
     baseline: Any = None,
     tolerance: float | Mapping[str, float] = DEFAULT_TOLERANCE,
     alpha: float = 0.05,
+    markdown: str | os.PathLike[str] | None = None,
+    allow_different_suites: bool = False,
     reporter: Reporter | None = None,
     **overrides: Any,
 ) -> Results:
     """Run a suite and return its ``Results``; with ``baseline``, compare against it too.
 
+    Every option of ``benchbox run`` (README, Commands), by the same name:
+
     Args:
         suite: a suite file, a mapping of suite fields (as the YAML gives them) or a ``Suite``.
         device: overrides the suite's device (``cpu``, ``cuda``, ``cuda:N``, ``auto``).
         output: overrides the suite's output root; the run goes to ``<output>/<suite>/<run_id>/``.
+        resume: a killed run folder of the same suite to finish (``--resume``).
+        executor: ``local`` or ``dask``; ``workers`` (a Dask ``LocalCluster`` of N processes) or
+            ``scheduler`` (the address of a running one) for ``dask``.
+        cache: reuse cached attributions (default on unless ``BENCHBOX_ATTRIBUTION_CACHE=0``).
+        report: also write tables, figures and report.html (else ``Results.report()`` later).
         baseline: a run folder, a ``summary.csv`` or a ``Results`` to compare with; it is read
             before anything runs, so a wrong path fails at once. The comparison is
             ``Results.comparison`` (``.regressed`` is the CI gate).
-        tolerance, alpha: of the comparison, see ``benchbox.compare.compare``.
+        tolerance, alpha, allow_different_suites: of the comparison, see
+            ``benchbox.compare.compare``; a baseline of another suite is refused before the run
+            unless ``allow_different_suites``.
+        markdown: with ``baseline``, also append the comparison's Markdown to this file.
         reporter: progress callbacks (the CLI's progress bar); silent by default.
         **overrides: top-level suite fields replacing the suite's own before validation, e.g.
             ``limit=16, seed=1``; an unknown or invalid one raises ``UserError``.
@@ -210,16 +235,40 @@ def run(
     from .runner import run_suite
 
     parsed = _suite(suite, overrides)
-    base = load_side(baseline, "baseline") if baseline is not None else None
+    base = None
+    if baseline is not None:
+        base = load_side(baseline, "baseline")
+        check_same_suite(
+            base,
+            parsed.name,
+            f"baseline: {parsed.source}",
+            allow_different_suites=allow_different_suites,
+            flag="allow_different_suites=True",
+        )
     result = run_suite(
         parsed,
         device=device,
         output=Path(output) if output is not None else None,
         reporter=reporter,
+        resume=Path(resume) if resume is not None else None,
+        executor=executor,
+        workers=workers,
+        scheduler=scheduler,
+        cache=cache,
     )
     res = Results.from_run_result(result)
+    if report:
+        res.report()
     if base is not None:
-        res.comparison = compare(base, res, tolerance=tolerance, alpha=alpha)
+        res.comparison = compare(
+            base,
+            res,
+            tolerance=tolerance,
+            alpha=alpha,
+            allow_different_suites=allow_different_suites,
+        )
+        if markdown is not None:
+            append_markdown(res.comparison.to_markdown(), markdown)
     return res
 
 

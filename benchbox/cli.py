@@ -251,15 +251,11 @@ def compare_cmd(
 
 
 def _print_comparison(text: str, markdown: Path | None) -> None:
+    from .compare import append_markdown
+
     out.print(text, markup=False, highlight=False, soft_wrap=True)
     if markdown is not None:
-        try:
-            with markdown.open("a", encoding="utf-8") as f:
-                f.write(text + "\n")
-        except OSError as exc:
-            raise UserError(
-                f"{markdown}: --markdown: cannot write: {exc.strerror or exc}; pass a writable file"
-            ) from exc
+        append_markdown(text, markdown, "--markdown")
 
 
 cache_app = typer.Typer(help="The model and attribution caches ($BENCHBOX_CACHE).")

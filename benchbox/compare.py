@@ -49,6 +49,7 @@ from __future__ import annotations
 import difflib
 import json
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -239,19 +240,35 @@ def load_side(source: Any, role: str = "baseline") -> RunTables:
     return RunTables(str(path), summary, manifest, scores)
 
 
+def append_markdown(text: str, path: str | os.PathLike[str], option: str = "markdown") -> None:
+    """Append a comparison's Markdown to ``path`` (e.g. ``$GITHUB_STEP_SUMMARY``); a file that
+    cannot be written is a ``UserError`` naming it and ``option``."""
+    try:
+        with Path(path).open("a", encoding="utf-8") as f:
+            f.write(text + "\n")
+    except OSError as exc:
+        raise UserError(
+            f"{path}: {option}: cannot write: {exc.strerror or exc}; pass a writable file"
+        ) from exc
+
+
 def check_same_suite(
-    base: RunTables, new_suite: str | None, new_label: str, *, allow_different_suites: bool
+    base: RunTables,
+    new_suite: str | None,
+    new_label: str,
+    *,
+    allow_different_suites: bool,
+    flag: str = "--allow-different-suites",
 ) -> None:
     """``UserError`` when the baseline is a run of another suite than ``new_suite`` (names
     known on both sides), unless ``allow_different_suites``. ``benchbox run --baseline`` calls
-    it before running, so the mistake costs nothing."""
+    it before running, so the mistake costs nothing. ``flag``: how the caller allows it."""
     old = base.suite
     if allow_different_suites or old is None or new_suite is None or old == new_suite:
         return
     raise UserError(
         f"{new_label}: is a run of suite {new_suite!r}, the baseline {base.label} of suite "
-        f"{old!r}; compare runs of one suite, or pass --allow-different-suites to compare the "
-        f"rows they share"
+        f"{old!r}; compare runs of one suite, or pass {flag} to compare the rows they share"
     )
 
 

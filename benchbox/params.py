@@ -66,6 +66,7 @@ __all__ = [
     "canonical_json",
     "check_construction",
     "format_pydantic_error",
+    "instance_params",
     "int_type_for",
     "parameter_defaults",
     "shown",
@@ -290,6 +291,17 @@ def check_construction(cls: type, kwargs: dict[str, Any], name: str) -> None:
         ]
         if problems:
             raise ParameterError("; ".join(problems)) from None
+
+
+def instance_params(obj: Any) -> dict[str, Any]:
+    """The parameters a constructed component holds: each of its signature's parameters read
+    back from the attribute of the same name (the built-ins keep them so), else its default.
+    What a wrapper records of a base method given as an object."""
+    out: dict[str, Any] = {}
+    cls: type = type(obj)
+    for name, f in _params_model(cls).model_fields.items():
+        out[name] = getattr(obj, name, None if f.is_required() else f.default)
+    return out
 
 
 def parameter_defaults(cls: type) -> dict[str, str]:

@@ -23,8 +23,10 @@ __all__ = [
     "REGISTRIES",
     "Registry",
     "RegistryEntry",
+    "builtin_classes",
     "datasets",
     "import_object",
+    "lazy_exports",
     "methods",
     "metrics",
     "models",
@@ -307,6 +309,29 @@ models.register_prefix("torchvision", "benchbox.models.external:torchvision_buil
 models.register_prefix("timm", "benchbox.models.external:timm_builder")
 
 _NAMES = {path: name for table in _BUILTINS.values() for name, path in table.items()}
+
+
+def builtin_classes(registry: Registry[Any]) -> dict[str, str]:
+    """Class name -> ``"module:Class"`` of the registry's built-ins: what ``benchbox.methods``
+    (and the other three packages) export by class, imported on first access."""
+    return {path.rpartition(":")[2]: path for path in _BUILTINS[registry].values()}
+
+
+def lazy_exports(registry: Registry[Any], module: str) -> tuple[Any, Any, list[str]]:
+    """``(__getattr__, __dir__, __all__)`` for the package ``module`` of ``registry``'s built-ins,
+    so ``from benchbox.methods import GradCAM`` imports the one module that defines it."""
+    classes = builtin_classes(registry)
+
+    def __getattr__(name: str) -> Any:
+        path = classes.get(name)
+        if path is None:
+            raise AttributeError(f"module {module!r} has no attribute {name!r}")
+        return import_object(path)
+
+    def __dir__() -> list[str]:
+        return sorted(classes)
+
+    return __getattr__, __dir__, sorted(classes)
 
 
 def name_of(cls: type) -> str:

@@ -165,3 +165,40 @@ def test_overrides_do_not_let_a_duplicate_key_through(tmp_path: Path) -> None:
     path.write_text("name: x\nseed: 1\nseed: 2\n")
     with pytest.raises(SuiteError, match="duplicate key 'seed'"):
         benchbox.run(path, limit=4)
+
+
+def test_run_takes_every_option_of_the_cli() -> None:
+    import inspect
+
+    from benchbox import cli
+
+    cli_options = set(inspect.signature(cli.run).parameters)
+    api_options = set(inspect.signature(benchbox.run).parameters)
+    assert cli_options <= api_options, cli_options - api_options
+
+
+def test_run_options_resume_report_markdown_and_other_suites(
+    suite_file: Path, tmp_path: Path
+) -> None:
+    first = benchbox.run(suite_file, limit=4, cache=False)
+    assert not (first.path / "report.html").exists()
+    # a finished run resumed is returned as it is
+    again = benchbox.run(suite_file, limit=4, resume=first.path)
+    assert again.path == first.path
+    pd.testing.assert_frame_equal(again.summary, first.summary)
+    notes = tmp_path / "summary.md"
+    reported = benchbox.run(suite_file, limit=4, report=True, baseline=first, markdown=notes)
+    assert (reported.path / "report.html").is_file()
+    assert reported.comparison is not None
+    assert notes.read_text(encoding="utf-8") == reported.comparison.to_markdown() + "\n"
+    # a baseline of another suite is refused before anything runs, unless allowed
+    other = tiny_suite(name="other", limit=4, output=str(tmp_path / "results"))
+    with pytest.raises(
+        UserError,
+        match=r"^baseline: <dict>: is a run of suite 'other', the .*"
+        r"pass allow_different_suites=True",
+    ):
+        benchbox.run(other, baseline=first)
+    assert not (tmp_path / "results" / "other").exists()
+    allowed = benchbox.run(other, baseline=first, allow_different_suites=True)
+    assert allowed.comparison is not None

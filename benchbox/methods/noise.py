@@ -51,6 +51,7 @@ from torch import Tensor
 from ..core import Capability, ExplainedModel, Method
 from ..errors import UserError
 from ..params import Count
+from ..registry import name_of as registry_name
 from .base import DrawStat, check_inputs, draw_generator, finish, over_draws, sample_seeds
 
 __all__ = ["SmoothGrad", "SmoothGradSq", "VarGrad", "noise_scale", "standard_noise"]
@@ -90,22 +91,35 @@ class _NoiseTunnel(Method):
 
     def __init__(
         self,
+        base: str | Method = "saliency",
         *,
-        base: str = "saliency",
         base_params: dict[str, Any] | None = None,
         n: Count = 25,
         sigma: NonNegativeFloat = 0.15,
     ) -> None:
-        self.base = base
         self.base_params = base_params
         self.n = n
         self.sigma = sigma
         self.base_method = self._build_base(base, base_params or {})
+        self.base = base if isinstance(base, str) else registry_name(type(base))
 
-    def _build_base(self, base: str, params: dict[str, Any]) -> Method:
+    def _build_base(self, base: str | Method, params: dict[str, Any]) -> Method:
         from .. import registry
-        from ..params import validate_params
+        from ..params import instance_params, validate_params
 
+        if isinstance(base, Method):  # SmoothGrad(IntegratedGradients(steps=16), n=20)
+            if params:
+                raise UserError(
+                    f"{self.key}.base_params: the base is a {type(base).__name__} object; give "
+                    f"its parameters to its constructor"
+                )
+            if isinstance(base, _NoiseTunnel):
+                raise UserError(
+                    f"{self.key}.base: {type(base).__name__} is itself a noise wrapper; nesting "
+                    f"them is not supported; wrap the inner method"
+                )
+            self._base_resolved = instance_params(base)
+            return base
         try:
             cls = registry.methods.get(base)
         except UserError as exc:
@@ -136,7 +150,7 @@ class _NoiseTunnel(Method):
         return self.base_method.requirements()
 
     def resolved_params(self, params: dict[str, Any]) -> dict[str, Any]:
-        return {**params, "base_params": self._base_resolved}
+        return {**params, "base": self.base, "base_params": self._base_resolved}
 
     def attribute(
         self, model: ExplainedModel, x: Tensor, target: Tensor, *, generator: torch.Generator
@@ -170,7 +184,9 @@ class SmoothGrad(_NoiseTunnel):
 
     Parameters (all sensitive):
         base: a registered method name; ``base_params`` its parameters (validated as the base's
-            own, errors named ``smoothgrad.base_params.<field>``; null = its defaults).
+            own, errors named ``smoothgrad.base_params.<field>``; null = its defaults). From
+            Python also a ``Method`` object, positionally: ``SmoothGrad(IntegratedGradients(
+            steps=16), n=20)``.
         n: noisy copies per sample (paper: 50; the estimate's variance falls as ``1/n``); cost
             is ``n`` base evaluations per sample.
         sigma: noise std as a fraction of each image's intensity range (paper: 0.1–0.2);
@@ -185,14 +201,14 @@ class SmoothGrad(_NoiseTunnel):
 
     def __init__(
         self,
+        base: str | Method = "saliency",
         *,
-        base: str = "saliency",
         base_params: dict[str, Any] | None = None,
         n: Count = 25,
         sigma: NonNegativeFloat = 0.15,
         abs: bool = False,
     ) -> None:
-        super().__init__(base=base, base_params=base_params, n=n, sigma=sigma)
+        super().__init__(base, base_params=base_params, n=n, sigma=sigma)
         self.abs = abs
 
     def attribute(
