@@ -5,12 +5,11 @@ variant) and, per row, takes the change of the mean in the metric's direction an
 
 - **paired** — both sides have per-sample scores (``scores.parquet``): the two-sided Wilcoxon
   signed-rank test (Wilcoxon 1945) of the differences ``d_i = new_i − baseline_i`` over the samples
-  both sides scored (matched by ``sample_id``, non-finite values dropped). Zero differences are
-  handled with Pratt's method (Pratt, JASA 54 (1959) 655–667; ``zero_method="pratt"``): they are
-  ranked with the others, then their ranks are dropped. Why not ``"zsplit"``: it counts unchanged
-  samples as half better, half worse, which hides sparse regressions — 10 of 64 pointing-game hits
-  turned into misses (the mean falls by 0.16) give p = 0.03 with zsplit, p = 0.0016 with Pratt.
-  Where every difference is zero (a rerun: CPU runs are deterministic) p = 1.
+  both sides scored (matched by ``sample_id``, non-finite values dropped): ``stats.signed_rank_p``,
+  the same test as the report's pairwise comparisons. Zero differences are handled with Pratt's
+  method (``stats.ZERO_METHOD``, which says why: sparse regressions, such as 10 of 64
+  pointing-game hits turned into misses, stay visible). Where every difference is zero (a rerun:
+  CPU runs are deterministic) p = 1.
 - **unpaired** — one side has only ``summary.csv``: Welch's t-test from the two summaries' mean,
   standard deviation and n (Welch, Biometrika 34 (1947) 28–35;
   ``scipy.stats.ttest_ind_from_stats(equal_var=False)``); equal means with zero spread give p = 1,
@@ -323,14 +322,10 @@ def _tolerance_for(table: Mapping[str, float], metric: str, variant: str) -> flo
 
 # -- tests -----------------------------------------------------------------------------------------
 def _paired_p(d: np.ndarray) -> float:
-    """Two-sided Wilcoxon signed-rank p of the differences ``d`` ``[n]`` (Pratt's zeros)."""
-    from scipy import stats
+    """Two-sided Wilcoxon signed-rank p of the differences ``d`` ``[n]``: the report's test."""
+    from .stats import signed_rank_p
 
-    if d.size == 0:
-        return math.nan
-    if not np.any(d != 0):
-        return 1.0  # no sample changed: no evidence of a difference (scipy would divide by 0)
-    return float(stats.wilcoxon(d, zero_method="pratt", alternative="two-sided").pvalue)
+    return signed_rank_p(d)
 
 
 def _welch_p(m1: float, s1: float, n1: int, m2: float, s2: float, n2: int) -> float:

@@ -295,14 +295,59 @@ class Method(Component, ABC):
     Implementations must leave no hooks behind, leave the model's parameters unchanged, and draw
     every random number from ``generator``. ``supports_3d`` says whether volumes
     ``[B, C, D, H, W]`` are accepted (the contract tests check it).
+
+    Called from Python, ``model`` may also be a plain ``nn.Module`` (wrapped as
+    ``benchbox.explain`` wraps it, in eval mode for the call) and ``generator`` may be left out
+    (one seeded with 0 on ``x``'s device): every subclass's ``attribute`` is wrapped to supply
+    both, so implementations always receive an ``ExplainedModel`` and a generator. Calling the
+    method object does the same with types that say so: ``GradCAM()(net, x, target)``.
     """
 
     supports_3d: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        impl = cls.__dict__.get("attribute")
+        if impl is None or getattr(impl, "__isabstractmethod__", False):
+            return
+
+        @functools.wraps(impl)
+        def attribute(
+            self: Method,
+            model: ExplainedModel | nn.Module,
+            x: Tensor,
+            target: Tensor,
+            *,
+            generator: torch.Generator | None = None,
+        ) -> Tensor:
+            if generator is None:
+                from .seeding import make_generator
+
+                generator = make_generator(0, x.device)
+            if isinstance(model, ExplainedModel):
+                return impl(self, model, x, target, generator=generator)
+            from .direct import call_plain
+
+            return call_plain(model, x, lambda m: impl(self, m, x, target, generator=generator))
+
+        cls.attribute = attribute  # type: ignore[method-assign]
 
     @abstractmethod
     def attribute(
         self, model: ExplainedModel, x: Tensor, target: Tensor, *, generator: torch.Generator
     ) -> Tensor: ...
+
+    def __call__(
+        self,
+        model: ExplainedModel | nn.Module,
+        x: Tensor,
+        target: Tensor,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """``attribute`` with a plain module allowed and the generator optional (typed so):
+        ``GradCAM()(net, x, target)``."""
+        return self.attribute(model, x, target, generator=generator)  # type: ignore[arg-type]
 
 
 @dataclass

@@ -279,6 +279,12 @@ def _replace_layers(model: ExplainedModel, layers: dict[str, nn.Module]) -> Expl
     return replace(model, target_layers=layers, provides=model.provides | {Capability.TARGET_LAYER})
 
 
+def call_plain(model: nn.Module, x: Tensor, call: Any) -> Any:
+    """``call(explained)`` on a plain module wrapped for ``x`` (``Method.attribute`` given an
+    ``nn.Module``), in eval mode for the call."""
+    return _with_eval(model, call, x, None)
+
+
 def _with_eval(model: nn.Module | ExplainedModel, call: Any, x: Tensor, layer: Any) -> Any:
     net = model.module if isinstance(model, ExplainedModel) else model
     modes = {m: m.training for m in net.modules()} if isinstance(net, nn.Module) else {}

@@ -205,3 +205,16 @@ def test_the_readmes_python_examples_run() -> None:
     assert blocks, "the README has no tested Python example"
     for code in blocks:
         exec(compile(code, "README.md", "exec"), {})
+
+
+def test_a_method_takes_a_plain_module_and_no_generator() -> None:
+    net = net2d()
+    target = torch.tensor([0, 1, 2, 1])
+    expected = GradCAM().attribute(wrapped(net, X, net[2]), X, target, generator=make_generator(0))
+    assert torch.equal(GradCAM().attribute(net, X, target), expected)  # type: ignore[arg-type, call-arg]
+    assert torch.equal(GradCAM()(net, X, target), expected)
+    smooth = SmoothGrad(n=3)
+    assert torch.equal(smooth(net, X, target), smooth(net, X, target, generator=make_generator(0)))
+    net.train()
+    GradCAM()(net, X, target)
+    assert all(m.training for m in net.modules())  # eval for the call only

@@ -41,14 +41,17 @@ def test_wilcoxon_matches_scipy_on_finite_pairs(seed: int) -> None:
     b[4] = np.inf
     res = stats.wilcoxon_paired(a, b)
     keep = np.isfinite(a) & np.isfinite(b)
-    ref = sps.wilcoxon(a[keep], b[keep])
+    ref = sps.wilcoxon(a[keep], b[keep], zero_method="pratt")
+    assert stats.ZERO_METHOD == "pratt"
     assert res.n == int(keep.sum())
     assert res.pvalue == pytest.approx(ref.pvalue, rel=1e-12)
     assert res.statistic == pytest.approx(ref.statistic)
     d = (a - b)[keep]
     nz = d[d != 0]
     assert res.n_nonzero == nz.size
-    assert res.r_plus + res.r_minus == pytest.approx(nz.size * (nz.size + 1) / 2)
+    # Pratt: the zeros hold the lowest ranks 1..z (all tied: their mean), which are dropped
+    z = d.size - nz.size
+    assert res.r_plus + res.r_minus == pytest.approx(d.size * (d.size + 1) / 2 - z * (z + 1) / 2)
     assert res.statistic == pytest.approx(min(res.r_plus, res.r_minus))
     assert res.mean_diff == pytest.approx(d.mean())
 
@@ -172,7 +175,7 @@ def test_pairwise_wilcoxon_pairs_on_common_finite_samples() -> None:
     for (x, y), row in zip([(a, b), (a, c), (b, c)], out.itertuples(), strict=True):
         keep = np.isfinite(x) & np.isfinite(y)
         assert row.n == keep.sum() == 28
-        ps.append(sps.wilcoxon(x[keep], y[keep]).pvalue)
+        ps.append(sps.wilcoxon(x[keep], y[keep], zero_method="pratt").pvalue)
         assert row.p == pytest.approx(ps[-1])
     np.testing.assert_allclose(out["p_holm"], stats.holm(ps))
     # lower is better and A < B clearly: A is better
@@ -197,3 +200,16 @@ def test_mean_ranks_and_friedman_tests_on_complete_blocks() -> None:
     assert int(f["n"].iloc[0]) == 11 and int(f["k"].iloc[0]) == 3
     assert f["chi2"].iloc[0] == pytest.approx(sps.friedmanchisquare(*mat.T).statistic)
     assert f["cd"].iloc[0] == pytest.approx(2.343700586 * math.sqrt(3 * 4 / (6 * 11)), rel=1e-6)
+
+
+def test_one_wilcoxon_for_the_report_and_the_ci_gate() -> None:
+    """compare's paired p and the report's pairwise p are one function: equal on the same
+    differences, zeros included: 5 of 40 hits lost are significant with Pratt's zeros."""
+    from benchbox import compare
+
+    d = np.zeros(40)
+    d[:5] = -1.0
+    assert compare._paired_p(d) == stats.signed_rank_p(d) == stats.wilcoxon_paired(d, 0 * d).pvalue
+    assert stats.signed_rank_p(d) == sps.wilcoxon(d, zero_method="pratt").pvalue < 0.05
+    assert sps.wilcoxon(d, zero_method="zsplit").pvalue > 0.05  # what Pratt is chosen over
+    assert stats.signed_rank_p(np.zeros(3)) == 1.0 and math.isnan(stats.signed_rank_p(np.zeros(0)))
