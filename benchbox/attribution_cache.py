@@ -36,7 +36,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from . import __version__
+from ._version import __version__
 from .params import canonical_json
 
 __all__ = [

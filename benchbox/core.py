@@ -11,6 +11,7 @@ the registry and the CLI.
 from __future__ import annotations
 
 import contextvars
+import difflib
 import enum
 import functools
 from abc import ABC, abstractmethod
@@ -20,6 +21,8 @@ from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
+
+from .errors import UserError
 
 __all__ = [
     "Batch",
@@ -35,6 +38,12 @@ __all__ = [
     "ModelBuilder",
     "Split",
     "Task",
+    "as_explained",
+    "call_plain",
+    "check_x",
+    "conv_layers",
+    "last_conv",
+    "with_eval",
 ]
 
 Split = Literal["train", "val", "test"]
@@ -326,8 +335,6 @@ class Method(Component, ABC):
                 generator = make_generator(0, x.device)
             if isinstance(model, ExplainedModel):
                 return impl(self, model, x, target, generator=generator)
-            from .direct import call_plain
-
             return call_plain(model, x, lambda m: impl(self, m, x, target, generator=generator))
 
         cls.attribute = attribute  # type: ignore[method-assign]
@@ -387,10 +394,140 @@ class MetricContext:
 
 
 class Metric(Component, ABC):
-    """A per-sample score of an attribution. Direction is a class attribute that tables read."""
+    """A per-sample score of an attribution. Direction is a class attribute that tables read.
+
+    ``higher_is_better`` is the headline direction; a metric whose outputs (variants) differ
+    states them in ``variant_higher_is_better`` (``None``: a diagnostic, never ranked) and names
+    outputs that are a reference level in ``reference_variants``. The runner records all three
+    in the manifest (``benchbox.outputs``), which is what the report and the CI gate read.
+    """
 
     higher_is_better: ClassVar[bool]
+    variant_higher_is_better: ClassVar[Mapping[str, bool | None]] = {}
+    reference_variants: ClassVar[frozenset[str]] = frozenset()
 
     @abstractmethod
     def score(self, ctx: MetricContext) -> MetricOutput | Mapping[str, MetricOutput]:
         """One output, or several keyed by variant name (stored in the ``variant`` column)."""
+
+
+# -- plain modules: what benchbox.explain and Method.attribute wrap ---------------------------
+def _conv_info(m: nn.Module) -> tuple[int, int] | None:
+    """(spatial dims, input channels) of a 2D/3D convolution, also inside TorchScript."""
+    if isinstance(m, (nn.Conv2d, nn.Conv3d)):
+        return (2 if isinstance(m, nn.Conv2d) else 3), int(m.in_channels)
+    if isinstance(m, torch.jit.ScriptModule):
+        kind = getattr(m, "original_name", "")
+        if kind in ("Conv2d", "Conv3d"):
+            return (2 if kind == "Conv2d" else 3), int(m.weight.shape[1] * m.groups)
+    return None
+
+
+def conv_layers(net: nn.Module) -> list[tuple[str, nn.Module, int, int]]:
+    """``(path, module, spatial dims, in_channels)`` of every conv, in registration order."""
+    out = []
+    for name, m in net.named_modules():
+        info = _conv_info(m)
+        if info is not None:
+            out.append((name, m, *info))
+    return out
+
+
+def last_conv(net: nn.Module, spatial_dims: int) -> str | None:
+    """Path of the last conv (registration order) of the dataset's dimensionality."""
+    convs = conv_layers(net)
+    same = [c for c in convs if c[2] == spatial_dims] or convs
+    return same[-1][0] if same else None
+
+
+def as_explained(
+    model: nn.Module | ExplainedModel, x: Tensor, *, layer: str | nn.Module | None = None
+) -> ExplainedModel:
+    """``model`` as benchbox's methods and metrics see it.
+
+    An ``ExplainedModel`` is returned as it is (with ``layer`` as its ``"auto"`` target layer
+    when given). A plain ``nn.Module`` must map raw ``x`` ``[B, C, *spatial]`` to class scores
+    ``[B, K]`` (normalization inside it); one forward pass of ``x[:1]`` reads ``K``. Its CAM
+    layer is ``layer`` (a dotted submodule path or the module itself), else its last
+    ``Conv2d``/``Conv3d`` of ``x``'s dimensionality; without one, CAM-type methods are refused.
+    """
+    if isinstance(model, ExplainedModel):
+        if layer is None:
+            return model
+        found = _layer(model.module, layer)
+        return _replace_layers(model, {**model.target_layers, "auto": found})
+    if not isinstance(model, nn.Module):
+        raise UserError(
+            f"model: expected a torch.nn.Module (or benchbox.core.ExplainedModel), got "
+            f"{type(model).__name__}"
+        )
+    check_x(x)
+    if layer is not None:
+        layers = {"auto": _layer(model, layer)}
+    else:
+        path = last_conv(model, x.dim() - 2)
+        layers = {} if path is None else {"auto": model.get_submodule(path)}
+    with torch.no_grad():
+        out = model(x[:1])
+    if not (isinstance(out, Tensor) and out.dim() == 2 and out.shape[0] == 1):
+        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise UserError(
+            f"model: expected class scores [B, K] from a batch [B, C, *spatial], got {shape} for "
+            f"x[:1]; wrap the network so that it returns one score per class"
+        )
+    channels = int(x.shape[1])
+    provides = {Capability.GRADIENTS} | ({Capability.TARGET_LAYER} if layers else set())
+    return ExplainedModel(
+        module=model,
+        input_spec=InputSpec(channels, tuple(x.shape[2:]), (0.0,) * channels, (1.0,) * channels),
+        num_classes=int(out.shape[1]),
+        target_layers=layers,
+        provides=frozenset(provides),
+    )
+
+
+def check_x(x: Tensor) -> None:
+    if not isinstance(x, Tensor) or x.dim() not in (4, 5) or not x.is_floating_point():
+        got = f"{x.dtype} {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
+        raise UserError(f"x: expected a float tensor [B, C, H, W] or [B, C, D, H, W], got {got}")
+
+
+def _layer(net: nn.Module, layer: str | nn.Module) -> nn.Module:
+    if isinstance(layer, nn.Module):
+        if not any(m is layer for m in net.modules()):
+            raise UserError("layer: the module given is not a submodule of the model")
+        return layer
+    modules = dict(net.named_modules())
+    if not layer or layer not in modules:
+        close = difflib.get_close_matches(layer, [n for n in modules if n], n=3)
+        hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+        top = ", ".join(n for n, _ in net.named_children())
+        raise UserError(
+            f"layer: the model has no submodule {layer!r}; {hint}give a dotted path such as "
+            f"'layer4' or 'features.3' (top-level: {top})"
+        )
+    return modules[layer]
+
+
+def _replace_layers(model: ExplainedModel, layers: dict[str, nn.Module]) -> ExplainedModel:
+    from dataclasses import replace
+
+    return replace(model, target_layers=layers, provides=model.provides | {Capability.TARGET_LAYER})
+
+
+def call_plain(model: nn.Module, x: Tensor, call: Any) -> Any:
+    """``call(explained)`` on a plain module wrapped for ``x`` (``Method.attribute`` given an
+    ``nn.Module``), in eval mode for the call."""
+    return with_eval(model, call, x, None)
+
+
+def with_eval(model: nn.Module | ExplainedModel, call: Any, x: Tensor, layer: Any) -> Any:
+    net = model.module if isinstance(model, ExplainedModel) else model
+    modes = {m: m.training for m in net.modules()} if isinstance(net, nn.Module) else {}
+    if isinstance(net, nn.Module):
+        net.eval()
+    try:
+        return call(as_explained(model, x, layer=layer))
+    finally:
+        for m, mode in modes.items():
+            m.training = mode

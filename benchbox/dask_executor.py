@@ -40,7 +40,6 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import torch
 
 from .core import Dataset, ExplainedModel
@@ -48,8 +47,9 @@ from .errors import UserError
 from .store import fault_point
 
 if TYPE_CHECKING:
+    from .dispatch import RunContext
+    from .jobs import JobResult
     from .planner import Job
-    from .runner import _RunContext
     from .suite import Suite
 
 __all__ = ["check_dask", "run_dask"]
@@ -81,13 +81,9 @@ def check_dask(workers: int | None, scheduler: str | None) -> None:
 
 
 def run_dask(
-    ctx: _RunContext, todo: list[Job], *, workers: int | None, scheduler: str | None
+    ctx: RunContext, todo: list[Job], *, workers: int | None, scheduler: str | None
 ) -> None:
     """Run ``todo`` (the run's unfinished jobs) on Dask and commit each through ``ctx``."""
-    from distributed import Client, LocalCluster, as_completed
-
-    from .runner import _job_rows
-
     suite = ctx.suite
     tasks: list[Job] = []
     for d in suite.datasets:
@@ -96,15 +92,27 @@ def run_dask(
             model, model_error = ctx.model_for(d, m, pair)
             for job in pair:
                 t0 = time.perf_counter()
-                job, rows = ctx.settle(job, model, model_error)
-                if rows is None:
+                job, settled = ctx.settle(job, model, model_error)
+                if settled is None:
                     tasks.append(job)
                 else:
-                    ctx.commit(job, rows, None, {"wall_time_s": round(time.perf_counter() - t0, 4)})
+                    settled.info["wall_time_s"] = round(time.perf_counter() - t0, 4)
+                    ctx.commit(job, settled)
             del model  # the workers load their own copy from the weight cache
-    if not tasks:
-        return
+    if tasks:
+        _submit(ctx, tasks, workers=workers, scheduler=scheduler)
 
+
+def _submit(
+    ctx: RunContext, tasks: list[Job], *, workers: int | None, scheduler: str | None
+) -> None:
+    """Run ``tasks`` as Dask tasks (a local cluster of ``workers``, or the ``scheduler``'s) and
+    commit each result as it arrives; a task that fails after its retries gets error rows."""
+    from distributed import Client, LocalCluster, as_completed
+
+    from .jobs import JobResult, job_rows
+
+    suite = ctx.suite
     gpu = ctx.dev.type == "cuda"
     cluster = None
     try:
@@ -146,12 +154,11 @@ def run_dask(
             for future in as_completed(futures):
                 job = futures[future]
                 try:
-                    scores, curves, info = future.result()
+                    result: JobResult = future.result()
                 except Exception as exc:  # after the retries: this job's rows say why
                     message = f"Dask task failed: {type(exc).__name__}: {exc}"
-                    scores = _job_rows(job, suite, ctx.store.run_id, "error", message)
-                    curves, info = None, {}
-                ctx.commit(job, scores, curves, info)
+                    result = JobResult(job_rows(job, suite, ctx.store.run_id, "error", message))
+                ctx.commit(job, result)
                 ctx.rep.advance(ctx.n_batches[job.dataset.path])
     finally:
         if cluster is not None:
@@ -166,12 +173,12 @@ _worker_state: dict[str, Any] = {}
 
 def _task(
     suite: Suite, job: Job, device: str, run_id: str, use_cache: bool, run_dir: str | None = None
-) -> tuple[pd.DataFrame, pd.DataFrame | None, dict[str, Any]]:
-    """Run one job in a Dask worker and return its rows and facts (the driver writes them, all
+) -> JobResult:
+    """Run one job in a Dask worker and return its result (the driver writes them, all
     but the example inputs and maps for the report, which go to ``run_dir/examples/`` on the
     shared file system when ``run_dir`` is given)."""
     from .attribution_cache import AttributionCache
-    from .runner import _build_dataset, _build_model, _cache_counts, _execute_job
+    from .jobs import build_dataset, build_model, execute_job
 
     fault_point("task")
     t0 = time.perf_counter()
@@ -179,22 +186,20 @@ def _task(
     d_key = (job.dataset.name, job.dataset.params_json)
     if _worker_state.get("dataset_key") != d_key:
         _worker_state.clear()
-        _worker_state["dataset"] = _build_dataset(job.dataset, suite)
+        _worker_state["dataset"] = build_dataset(job.dataset, suite)
         _worker_state["dataset_key"] = d_key
     ds: Dataset = _worker_state["dataset"]
     m_key = (job.model.name, job.model.params_json, device)
     if _worker_state.get("model_key") != m_key:
-        _worker_state["model"] = _build_model(job.model, ds, suite, dev, probes=False)
+        _worker_state["model"] = build_model(job.model, ds, suite, dev, probes=False)
         _worker_state["model_key"] = m_key
     model: ExplainedModel = _worker_state["model"]
     cache = AttributionCache() if use_cache else None
     examples = Path(run_dir) if run_dir is not None else None
-    scores, curves = _execute_job(
-        job, ds, model, suite, dev, run_id, lambda n: None, cache, examples
-    )
-    info = {
+    result = execute_job(job, ds, model, suite, dev, run_id, lambda n: None, cache, examples)
+    result.info = {
         "wall_time_s": round(time.perf_counter() - t0, 4),
         "worker": f"{socket.gethostname()}:{os.getpid()}",
-        **_cache_counts(cache),
+        **result.info,
     }
-    return scores, curves, info
+    return result

@@ -17,14 +17,22 @@ one way to call them, this is another.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .core import Capability, ExplainedModel, InputSpec, Method, Metric, MetricContext
+from .core import (
+    Capability,
+    ExplainedModel,
+    Method,
+    Metric,
+    MetricContext,
+    as_explained,
+    check_x,
+    with_eval,
+)
 from .errors import UserError
 from .seeding import make_generator
 
@@ -43,54 +51,6 @@ _HINTS = {
     Capability.VOLUMES_3D: "give x as [B, C, D, H, W]",
     Capability.IMAGES_2D: "give x as [B, C, H, W]",
 }
-
-
-def as_explained(
-    model: nn.Module | ExplainedModel, x: Tensor, *, layer: str | nn.Module | None = None
-) -> ExplainedModel:
-    """``model`` as benchbox's methods and metrics see it.
-
-    An ``ExplainedModel`` is returned as it is (with ``layer`` as its ``"auto"`` target layer
-    when given). A plain ``nn.Module`` must map raw ``x`` ``[B, C, *spatial]`` to class scores
-    ``[B, K]`` (normalization inside it); one forward pass of ``x[:1]`` reads ``K``. Its CAM
-    layer is ``layer`` (a dotted submodule path or the module itself), else its last
-    ``Conv2d``/``Conv3d`` of ``x``'s dimensionality; without one, CAM-type methods are refused.
-    """
-    if isinstance(model, ExplainedModel):
-        if layer is None:
-            return model
-        found = _layer(model.module, layer)
-        return _replace_layers(model, {**model.target_layers, "auto": found})
-    if not isinstance(model, nn.Module):
-        raise UserError(
-            f"model: expected a torch.nn.Module (or benchbox.core.ExplainedModel), got "
-            f"{type(model).__name__}"
-        )
-    _check_x(x)
-    if layer is not None:
-        layers = {"auto": _layer(model, layer)}
-    else:
-        from .models.external import _last_conv
-
-        path = _last_conv(model, x.dim() - 2)
-        layers = {} if path is None else {"auto": model.get_submodule(path)}
-    with torch.no_grad():
-        out = model(x[:1])
-    if not (isinstance(out, Tensor) and out.dim() == 2 and out.shape[0] == 1):
-        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-        raise UserError(
-            f"model: expected class scores [B, K] from a batch [B, C, *spatial], got {shape} for "
-            f"x[:1]; wrap the network so that it returns one score per class"
-        )
-    channels = int(x.shape[1])
-    provides = {Capability.GRADIENTS} | ({Capability.TARGET_LAYER} if layers else set())
-    return ExplainedModel(
-        module=model,
-        input_spec=InputSpec(channels, tuple(x.shape[2:]), (0.0,) * channels, (1.0,) * channels),
-        num_classes=int(out.shape[1]),
-        target_layers=layers,
-        provides=frozenset(provides),
-    )
 
 
 def explain(
@@ -118,7 +78,7 @@ def explain(
     def attribute(explained: ExplainedModel) -> Tensor:
         return _attribute(explainer, explained, x, _target(explained, x, target), generator)
 
-    return _with_eval(model, attribute, x, layer)
+    return with_eval(model, attribute, x, layer)
 
 
 def evaluate(
@@ -175,7 +135,7 @@ def evaluate(
             return {k: v.values for k, v in out.items()}
         return out.values
 
-    return _with_eval(model, score, x, layer)
+    return with_eval(model, score, x, layer)
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -210,12 +170,6 @@ class _NoMethod(Method):
         )
 
 
-def _check_x(x: Tensor) -> None:
-    if not isinstance(x, Tensor) or x.dim() not in (4, 5) or not x.is_floating_point():
-        got = f"{x.dtype} {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
-        raise UserError(f"x: expected a float tensor [B, C, H, W] or [B, C, D, H, W], got {got}")
-
-
 def _data_caps(x: Tensor) -> set[Capability]:
     return {Capability.LABELS, Capability.IMAGES_2D if x.dim() == 4 else Capability.VOLUMES_3D}
 
@@ -234,7 +188,7 @@ def _require(component: Any, have: set[Capability] | frozenset[Capability], what
 
 
 def _target(model: ExplainedModel, x: Tensor, target: Tensor | int | None) -> Tensor:
-    _check_x(x)
+    check_x(x)
     if target is None:
         with torch.no_grad():
             return model(x).argmax(dim=1)
@@ -254,44 +208,3 @@ def _attribute(
     _require(method, model.provides | _data_caps(x), "method")
     generator = gen if gen is not None else make_generator(0, x.device)
     return method.attribute(model, x, target, generator=generator)
-
-
-def _layer(net: nn.Module, layer: str | nn.Module) -> nn.Module:
-    if isinstance(layer, nn.Module):
-        if not any(m is layer for m in net.modules()):
-            raise UserError("layer: the module given is not a submodule of the model")
-        return layer
-    modules = dict(net.named_modules())
-    if not layer or layer not in modules:
-        close = difflib.get_close_matches(layer, [n for n in modules if n], n=3)
-        hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
-        top = ", ".join(n for n, _ in net.named_children())
-        raise UserError(
-            f"layer: the model has no submodule {layer!r}; {hint}give a dotted path such as "
-            f"'layer4' or 'features.3' (top-level: {top})"
-        )
-    return modules[layer]
-
-
-def _replace_layers(model: ExplainedModel, layers: dict[str, nn.Module]) -> ExplainedModel:
-    from dataclasses import replace
-
-    return replace(model, target_layers=layers, provides=model.provides | {Capability.TARGET_LAYER})
-
-
-def call_plain(model: nn.Module, x: Tensor, call: Any) -> Any:
-    """``call(explained)`` on a plain module wrapped for ``x`` (``Method.attribute`` given an
-    ``nn.Module``), in eval mode for the call."""
-    return _with_eval(model, call, x, None)
-
-
-def _with_eval(model: nn.Module | ExplainedModel, call: Any, x: Tensor, layer: Any) -> Any:
-    net = model.module if isinstance(model, ExplainedModel) else model
-    modes = {m: m.training for m in net.modules()} if isinstance(net, nn.Module) else {}
-    if isinstance(net, nn.Module):
-        net.eval()
-    try:
-        return call(as_explained(model, x, layer=layer))
-    finally:
-        for m, mode in modes.items():
-            m.training = mode

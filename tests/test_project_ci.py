@@ -29,3 +29,18 @@ def test_ci_runs_the_readme_commands_and_they_cover_every_test() -> None:
     assert fast_pytest[0] == slow_pytest[0] == "pytest"
     assert fast_pytest[fast_pytest.index("-m") + 1] == "not slow"
     assert slow_pytest[slow_pytest.index("-m") + 1] == "slow"
+
+
+def test_captum_is_bounded_above_because_its_internals_are_imported() -> None:
+    import re
+
+    # the dependency line itself (tomllib needs Python 3.11; the project supports 3.10)
+    (captum,) = re.findall(r'^\s*"(captum[^"]*)",', (ROOT / "pyproject.toml").read_text(), re.M)
+    private = [
+        line
+        for path in (ROOT / "benchbox").rglob("*.py")
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if re.search(r"from captum\.\w+\._", line)
+    ]
+    assert private, "no private captum import left: the upper bound may go"
+    assert "<" in captum, f"{captum}: benchbox imports captum internals ({private[0].strip()})"

@@ -115,13 +115,13 @@ def test_a_replica_is_the_model_repeatability_rebuilds(
     """Replica r and ``train_seed=r`` of the suite's model are one model: same cache entry."""
     import torch
 
-    from benchbox.runner import _build_model
+    from benchbox.jobs import build_model
 
     monkeypatch.setenv("BENCHBOX_CACHE", str(tmp_path))
     suite = parse_suite(_suite(2))
     ds = suite.datasets[0].build()
-    replica = _build_model(suite.models[1], ds, suite, torch.device("cpu"), probes=False)
-    rebuilt = _build_model(
+    replica = build_model(suite.models[1], ds, suite, torch.device("cpu"), probes=False)
+    rebuilt = build_model(
         suite.models[0], ds, suite, torch.device("cpu"), probes=False, train_seed=1
     )
     assert replica.info["cache_key"] == rebuilt.info["cache_key"]

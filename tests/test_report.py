@@ -17,7 +17,7 @@ from scipy import stats as sps
 
 from benchbox.errors import UserError
 from benchbox.report import Report, load_examples, save_examples, write_report
-from benchbox.report.groups import GROUP_OF, diagnostic_variants, group_of
+from benchbox.report.groups import GROUP_OF, group_of
 from benchbox.report.load import load_run
 from benchbox.report.tables import (
     Table,
@@ -324,20 +324,32 @@ def test_groups() -> None:
     assert group_of("manipulation").key == "actionability"
     assert group_of("quantus:Sparseness").key == "other"
     assert len(set(GROUP_OF.values())) == 5
-    diag = diagnostic_variants(
-        [
+
+
+def test_output_kinds_from_the_declared_tables() -> None:
+    from benchbox.outputs import declared_outputs, output_direction
+    from benchbox.registry import metrics
+
+    declared = {m: declared_outputs(metrics.get(m)) for m in ("fragility", "manipulation")}
+    declared["model_randomization"] = declared_outputs(metrics.get("model_randomization"))
+    kinds = {
+        k: output_direction(declared[k[0]], k[1])
+        for k in [
             ("fragility", "random_sign.accepted_steps"),
             ("fragility", "topk.topk_intersection"),
+            ("fragility", "topk.com_shift"),  # prefixed: the class states "com_shift" (↓)
             ("manipulation", "psnr"),
             ("model_randomization", "random_pairs"),
             ("model_randomization", "spearman_abs"),
-            ("no_such_metric", "x"),
         ]
-    )
-    assert diag == {
-        ("fragility", "random_sign.accepted_steps"),
-        ("manipulation", "psnr"),
-        ("model_randomization", "random_pairs"),
+    }
+    assert kinds == {
+        ("fragility", "random_sign.accepted_steps"): None,
+        ("fragility", "topk.topk_intersection"): True,
+        ("fragility", "topk.com_shift"): False,
+        ("manipulation", "psnr"): None,
+        ("model_randomization", "random_pairs"): None,
+        ("model_randomization", "spearman_abs"): False,
     }
 
 
@@ -398,19 +410,33 @@ def test_unreadable_examples_file_is_named(tmp_path: Path) -> None:
     assert len(problems) == 1 and "broken.npz: unreadable examples file" in problems[0]
 
 
-def test_prefixed_variant_directions_come_from_the_metric_class() -> None:
-    from benchbox.report.load import _directions
+def test_the_report_reads_directions_and_diagnostics_from_the_files_alone(
+    run_dir: Path, tmp_path: Path
+) -> None:
+    """The manifest's ``outputs`` marks the diagnostics; the report imports no metric code."""
+    import json
+    import subprocess
+    import sys
 
-    # fragility's "topk.com_shift" (↓) is stored with the class default (↑): the store looks up
-    # the full variant name; the report takes the direction the class states for "com_shift".
-    keys = [("fragility", "topk.com_shift"), ("fragility", "topk.spearman_abs"), ("x:y", "")]
-    summary = pd.DataFrame(
-        {"metric": [k[0] for k in keys], "variant": [k[1] for k in keys], "higher_is_better": True}
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert isinstance(manifest["outputs"], dict) and manifest["outputs"]
+    code = (
+        "import sys; from benchbox.report import write_report\n"
+        f"write_report({str(run)!r})\n"
+        "print(sorted(m for m in sys.modules if m.startswith('benchbox.metrics')))\n"
     )
-    scores = summary.copy()
-    notes = _directions(scores, summary)
-    assert summary["higher_is_better"].tolist() == [False, True, True]
-    assert scores["higher_is_better"].tolist() == [False, True, True]
-    assert notes == [
-        "fragility/topk.com_shift: stored as ↑, the metric states ↓; the report uses the latter"
-    ]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+    # a diagnostic declared in the manifest is never ranked
+    metric = next(iter(manifest["outputs"]))
+    manifest["outputs"][metric]["variants"] = {"": None}
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    from benchbox.report.load import load_run
+
+    assert (metric, "") in load_run(run).diagnostics()
+    # a run written before the manifest recorded them: said in the report's notes
+    del manifest["outputs"]
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    assert "does not record its metrics' outputs" in load_run(run).notes[0]

@@ -241,12 +241,41 @@ def test_per_variant_direction(tmp_path: Path) -> None:
     assert [bool(v) for v in direction["noise"]] == [True]
 
 
-def test_variant_direction_falls_back_to_the_last_dotted_part() -> None:
+def test_stored_direction_takes_the_longest_stated_suffix() -> None:
+    from benchbox.jobs import _stored_direction
     from benchbox.metrics.adversarial import Fragility
-    from benchbox.runner import _variant_direction
+    from benchbox.outputs import declared_outputs
 
-    table = Fragility.variant_higher_is_better
-    assert _variant_direction(table, "topk.com_shift", True) is False
-    assert _variant_direction(table, "random_sign.topk_intersection", False) is True
-    assert _variant_direction(table, "topk.accepted_steps", True) is True  # a diagnostic
-    assert _variant_direction({}, "anything", False) is False
+    declared = declared_outputs(Fragility)
+    assert _stored_direction(declared, "topk.com_shift") is False
+    assert _stored_direction(declared, "random_sign.topk_intersection") is True
+    assert _stored_direction(declared, "topk.accepted_steps") is True  # a diagnostic: headline
+    assert _stored_direction(declared_outputs(object), "anything") is True
+
+
+def test_the_manifest_records_each_metrics_outputs(tmp_path: Path) -> None:
+    from tests.fakes import TwoWay
+
+    res = _run(tmp_path, methods=["tests.fakes:Grad"], metrics=["tests.fakes:TwoWay"])
+    (declared,) = res.manifest["outputs"].values()
+    assert declared == {
+        "higher_is_better": TwoWay.higher_is_better,
+        "variants": dict(TwoWay.variant_higher_is_better),
+        "reference": [],
+    }
+
+
+def test_job_rows_have_exactly_the_schemas_columns(tmp_path: Path) -> None:
+    from benchbox.jobs import JobResult, _frame
+    from benchbox.schema import SCORES
+
+    res = _run(tmp_path, methods=["tests.fakes:Grad"], metrics=["tests.fakes:TwoWay"])
+    assert list(res.scores.columns) == [c.name for c in SCORES]
+    shuffled = res.scores.iloc[:, ::-1]
+    assert list(_frame(shuffled).columns) == [c.name for c in SCORES]  # put in the schema's order
+    with pytest.raises(ValueError, match=r"outside schema.SCORES: \['extra'\]"):
+        _frame(res.scores.assign(extra=1))
+    with pytest.raises(KeyError):
+        _frame(res.scores.drop(columns=["value"]))
+    assert not JobResult(res.scores).failed
+    assert JobResult(res.scores.assign(status="error")).failed

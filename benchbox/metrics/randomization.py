@@ -367,6 +367,8 @@ class ModelRandomization(Metric):
     """
 
     higher_is_better: ClassVar[bool] = False
+    # the similarity of unrelated images' maps: the level ``fails`` compares with, not a score
+    reference_variants: ClassVar[frozenset[str]] = frozenset({"random_pairs"})
 
     def __init__(
         self,

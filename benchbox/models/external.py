@@ -52,7 +52,16 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from ..core import Capability, Dataset, ExplainedModel, InputSpec, ModelBuilder, Task
+from ..core import (
+    Capability,
+    Dataset,
+    ExplainedModel,
+    InputSpec,
+    ModelBuilder,
+    Task,
+    conv_layers,
+    last_conv,
+)
 from ..errors import UserError
 from ..params import MAX_COUNT, Size
 from ..registry import import_object
@@ -353,32 +362,6 @@ class InputAdapter(nn.Module):
 
 
 # -- module inspection -----------------------------------------------------------------------------
-def _conv_info(m: nn.Module) -> tuple[int, int] | None:
-    """(spatial dims, input channels) of a 2D/3D convolution, also inside TorchScript."""
-    if isinstance(m, (nn.Conv2d, nn.Conv3d)):
-        return (2 if isinstance(m, nn.Conv2d) else 3), int(m.in_channels)
-    if isinstance(m, torch.jit.ScriptModule):
-        kind = getattr(m, "original_name", "")
-        if kind in ("Conv2d", "Conv3d"):
-            return (2 if kind == "Conv2d" else 3), int(m.weight.shape[1] * m.groups)
-    return None
-
-
-def _convs(net: nn.Module) -> list[tuple[str, nn.Module, int, int]]:
-    """``(path, module, spatial dims, in_channels)`` of every conv, in registration order."""
-    out = []
-    for name, m in net.named_modules():
-        info = _conv_info(m)
-        if info is not None:
-            out.append((name, m, *info))
-    return out
-
-
-def _last_conv(net: nn.Module, spatial_dims: int) -> str | None:
-    """Path of the last conv (registration order) of the dataset's dimensionality."""
-    convs = _convs(net)
-    same = [c for c in convs if c[2] == spatial_dims] or convs
-    return same[-1][0] if same else None
 
 
 def _resolve_layers(net: nn.Module, paths: Mapping[str, str], where: str) -> dict[str, nn.Module]:
@@ -498,7 +481,7 @@ def _assemble(
     """
     ds = _dataset_name(dataset)
     d_ch, d_size = dataset.channels, tuple(dataset.spatial_size)
-    convs = _convs(net)
+    convs = conv_layers(net)
     if inp.channels is not None:
         net_ch, source = inp.channels, f"channels: {inp.channels}"
     elif convs:
@@ -554,7 +537,7 @@ def _assemble(
     if layer_paths is not None:
         layer_table = dict(layer_paths)
         if "auto" not in layer_table:
-            auto = auto_layer or _last_conv(net, len(d_size))
+            auto = auto_layer or last_conv(net, len(d_size))
             if auto is not None:
                 layer_table["auto"] = auto
         layers = _resolve_layers(net, layer_table, where)
@@ -1043,7 +1026,7 @@ class _ZooModel(ModelBuilder):
         """Replace the first conv by one taking ``channels``; timm's ``adapt_input_conv`` rule:
         1 channel gets the sum of the RGB filters, C channels the filters cycled and scaled
         by 3/C, so a gray image repeated to RGB gives the same first activations."""
-        convs = _convs(net)
+        convs = conv_layers(net)
         if not convs:
             raise UserError(f"{self.name}.adapt_channels: 'stem' found no convolution to adapt")
         path, old, _, c_in = convs[0]
@@ -1147,7 +1130,7 @@ class _ZooModel(ModelBuilder):
             info["head_replaced"] = {"path": head_path, "from": k_head, "to": d_classes}
 
         mean, std = self._default_norm(net)
-        convs = _convs(net)
+        convs = conv_layers(net)
         net_ch = convs[0][3] if convs else dataset.channels
         if self.input.adapt_channels == "stem" and net_ch != dataset.channels:
             path, c_in = self._adapt_stem(net, dataset.channels, seed)
@@ -1167,7 +1150,7 @@ class _ZooModel(ModelBuilder):
             task="classification",
             num_classes=None,
             layer_paths=self.target_layers,
-            auto_layer=self._auto_layer(net) or _last_conv(net, len(dataset.spatial_size)),
+            auto_layer=self._auto_layer(net) or last_conv(net, len(dataset.spatial_size)),
             device=device,
             default_mean=mean,
             default_std=std,

@@ -86,7 +86,7 @@ def write_report(run_dir: Path, out: Path | None = None) -> Report:
         _write(md, f"<!-- {head} -->\n\n" + "\n".join(map(to_markdown, mine)))
         written += [tex, md]
     figures, notes = draw_figures(run, st, out / "figures")
-    notes = [*run.corrections, *notes]
+    notes = [*run.notes, *notes]
     page = out / "report.html"
     _write(page, render_html(run, tables, figures, notes))
     return Report(

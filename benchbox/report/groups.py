@@ -13,19 +13,13 @@ diagnostics rather than scores (left out of ranks and tests).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
-from ..errors import UserError
-
 __all__ = [
     "CONTROL_METHODS",
     "GROUPS",
     "GROUP_OF",
     "Group",
-    "diagnostic_variants",
     "group_of",
     "is_control",
-    "variant_directions",
 ]
 
 
@@ -113,12 +107,6 @@ GROUP_OF: dict[str, str] = {
 # Methods that know nothing about the model: what a map must beat (Adebayo et al. 2018).
 CONTROL_METHODS: frozenset[str] = frozenset({"random", "edge", "centre", "constant"})
 
-# Outputs that are a reference level, not a score, although the metric class gives them a
-# direction (model_randomization's random-pairs similarity is the baseline ``fails`` uses).
-_REFERENCE_VARIANTS: dict[str, frozenset[str]] = {
-    "model_randomization": frozenset({"random_pairs"}),
-}
-
 
 def group_of(metric: str) -> Group:
     """The group of a metric registry name; ``other`` for names outside ``GROUP_OF``."""
@@ -127,53 +115,3 @@ def group_of(metric: str) -> Group:
 
 def is_control(method: str) -> bool:
     return method in CONTROL_METHODS
-
-
-def _stated(per_variant: dict[str, bool | None], variant: str) -> tuple[bool, bool | None]:
-    """(found, direction) of the longest dotted suffix of ``variant`` the class states.
-
-    Metrics prefix their variants (fragility's ``topk.com_shift``, manipulation's
-    ``defended.target.ssim``) while ``variant_higher_is_better`` names the bare output.
-    """
-    parts = variant.split(".")
-    for i in range(len(parts)):
-        key = ".".join(parts[i:])
-        if key in per_variant:
-            return True, per_variant[key]
-    return False, None
-
-
-def variant_directions(pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], bool | None]:
-    """The direction each metric class states for its outputs: True/False, or None for a
-    diagnostic (no direction); outputs the class says nothing about are absent.
-
-    Read from the class's ``variant_higher_is_better`` (code, not run state) because the stored
-    ``higher_is_better`` is the class default for diagnostics, and for prefixed variants such as
-    fragility's ``topk.com_shift`` (↓) the store looks up the full name and falls back to the
-    default too. A metric that is not importable here (a plugin absent on this machine) is
-    taken at its stored word; model_randomization's ``random_pairs`` is a reference level.
-    """
-    from ..registry import metrics
-
-    out: dict[tuple[str, str], bool | None] = {}
-    classes: dict[str, dict[str, bool | None]] = {}
-    for metric, variant in pairs:
-        if variant in _REFERENCE_VARIANTS.get(metric, frozenset()):
-            out[(metric, variant)] = None
-            continue
-        if metric not in classes:
-            try:
-                cls = metrics.get(metric)
-            except (UserError, ImportError, AttributeError, ValueError):
-                cls = None
-            classes[metric] = dict(getattr(cls, "variant_higher_is_better", None) or {})
-        found, direction = _stated(classes[metric], variant)
-        if found:
-            out[(metric, variant)] = direction
-    return out
-
-
-def diagnostic_variants(pairs: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
-    """The (metric, variant) outputs that are diagnostics, not scores: never ranked or tested
-    (fragility's ``*.accepted_steps``, manipulation's ``psnr``, …; see ``variant_directions``)."""
-    return {k for k, v in variant_directions(pairs).items() if v is None}

@@ -16,16 +16,10 @@ import numpy as np
 import pandas as pd
 
 from ..errors import UserError
+from ..outputs import output_direction
 from ..stats import replica_means
 from ..store import read_summary
-from .groups import (
-    GROUPS,
-    Group,
-    diagnostic_variants,
-    group_of,
-    is_control,
-    variant_directions,
-)
+from .groups import GROUPS, Group, group_of, is_control
 
 __all__ = ["Output", "RunData", "load_run"]
 
@@ -60,7 +54,7 @@ class RunData:
     curves: pd.DataFrame
     summary: pd.DataFrame
     manifest: dict[str, Any]
-    corrections: list[str] = field(default_factory=list)  # directions fixed (see _directions)
+    notes: list[str] = field(default_factory=list)  # what the report should say about the files
 
     @property
     def suite(self) -> str:
@@ -85,7 +79,7 @@ class RunData:
         s = self._pair_summary(pair)
         s = s[(s["status"] == "ok") & (s["n"] > 0)]
         keys = list(dict.fromkeys(zip(s["metric"], s["variant"], strict=True)))
-        diag = diagnostic_variants(keys)
+        diag = self._diagnostic(keys)
         hib = {
             (m, v): bool(h)
             for m, v, h in zip(s["metric"], s["variant"], s["higher_is_better"], strict=True)
@@ -98,7 +92,19 @@ class RunData:
 
     def diagnostics(self) -> set[tuple[str, str]]:
         keys = set(zip(self.summary["metric"], self.summary["variant"], strict=True))
-        return diagnostic_variants(sorted(keys))
+        return self._diagnostic(sorted(keys))
+
+    def _diagnostic(self, keys: list[tuple[str, str]]) -> set[tuple[str, str]]:
+        """The outputs the manifest's ``outputs`` marks as diagnostics or reference levels:
+        shown, never ranked or tested (``benchbox.outputs``)."""
+        declared = self.manifest.get("outputs")
+        if not isinstance(declared, dict):
+            return set()
+        return {
+            (m, v)
+            for m, v in keys
+            if isinstance(declared.get(m), dict) and output_direction(declared[m], v) is None
+        }
 
     def per_sample(self) -> pd.DataFrame:
         """The ok rows with one value per sample and output: with replicas, the mean over the
@@ -198,29 +204,14 @@ def load_run(run_dir: Path) -> RunData:
     summary["message"] = summary["message"].where(summary["message"].notna(), None)
     if not isinstance(manifest, dict):
         raise UserError(f"{run_dir / 'manifest.json'}: expected a JSON object; rerun the suite")
-    corrections = _directions(scores, summary)
-    return RunData(run_dir, scores, curves, summary, manifest, corrections)
-
-
-def _directions(scores: pd.DataFrame, summary: pd.DataFrame) -> list[str]:
-    """Set ``higher_is_better`` to the direction the metric class states for each output, where
-    the stored one differs (see ``groups.variant_directions``); returns what was changed."""
-    keys = sorted(set(zip(summary["metric"], summary["variant"], strict=True)))
     notes = []
-    for (metric, variant), direction in variant_directions(keys).items():
-        if direction is None:
-            continue
-        for df in (scores, summary):
-            sel = (df["metric"] == metric) & (df["variant"] == variant)
-            wrong = sel & (df["higher_is_better"].astype(bool) != direction)
-            if wrong.any():
-                df.loc[sel, "higher_is_better"] = direction
-                if df is summary:
-                    notes.append(
-                        f"{metric}/{variant}: stored as {'↑' if not direction else '↓'}, the "
-                        f"metric states {'↑' if direction else '↓'}; the report uses the latter"
-                    )
-    return notes
+    if not isinstance(manifest.get("outputs"), dict):
+        notes.append(
+            "this run's manifest does not record its metrics' outputs (written before benchbox "
+            "stored them): diagnostics are ranked like scores here; rerun the suite to tell them "
+            "apart"
+        )
+    return RunData(run_dir, scores, curves, summary, manifest, notes)
 
 
 def _no_curves() -> pd.DataFrame:
