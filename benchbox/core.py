@@ -43,6 +43,7 @@ __all__ = [
     "check_x",
     "conv_layers",
     "last_conv",
+    "submodule",
     "with_eval",
 ]
 
@@ -497,16 +498,22 @@ def _layer(net: nn.Module, layer: str | nn.Module) -> nn.Module:
         if not any(m is layer for m in net.modules()):
             raise UserError("layer: the module given is not a submodule of the model")
         return layer
+    return submodule(net, layer, "layer")
+
+
+def submodule(net: nn.Module, path: str, where: str) -> nn.Module:
+    """``net``'s submodule at dotted ``path``; else a ``UserError`` for ``where`` (the field
+    that named it) with close names and the top-level children."""
     modules = dict(net.named_modules())
-    if not layer or layer not in modules:
-        close = difflib.get_close_matches(layer, [n for n in modules if n], n=3)
+    if not path or path not in modules:
+        close = difflib.get_close_matches(path, [n for n in modules if n], n=3)
         hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
         top = ", ".join(n for n, _ in net.named_children())
         raise UserError(
-            f"layer: the model has no submodule {layer!r}; {hint}give a dotted path such as "
+            f"{where}: the network has no submodule {path!r}; {hint}give a dotted path such as "
             f"'layer4' or 'features.3' (top-level: {top})"
         )
-    return modules[layer]
+    return modules[path]
 
 
 def _replace_layers(model: ExplainedModel, layers: dict[str, nn.Module]) -> ExplainedModel:

@@ -162,7 +162,7 @@ def test_evaluate_equals_the_metric_on_a_context() -> None:
         ),
         (lambda n: explain(n, X, method="grad_cma"), r"did you mean 'grad_cam'"),
         (lambda n: explain(n, X, method="integrated_gradients", steps=0), r"steps: expected"),
-        (lambda n: explain(n, X, method="grad_cam", layer="9"), r"^layer: the model has no"),
+        (lambda n: explain(n, X, method="grad_cam", layer="9"), r"^layer: the network has no"),
         (lambda n: explain(n, X, torch.zeros(3)), r"^target: expected one class per sample"),
         (lambda n: explain(n, X[0]), r"^x: expected a float tensor \[B, C, H, W\]"),
         (lambda n: explain(n[:-2], X), r"^model: expected class scores \[B, K\]"),

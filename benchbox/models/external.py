@@ -61,6 +61,7 @@ from ..core import (
     Task,
     conv_layers,
     last_conv,
+    submodule,
 )
 from ..errors import UserError
 from ..params import MAX_COUNT, Size
@@ -365,19 +366,9 @@ class InputAdapter(nn.Module):
 
 
 def _resolve_layers(net: nn.Module, paths: Mapping[str, str], where: str) -> dict[str, nn.Module]:
-    modules = dict(net.named_modules())
-    layers: dict[str, nn.Module] = {}
-    for name, path in paths.items():
-        if not path or path not in modules:
-            close = difflib.get_close_matches(path, [n for n in modules if n], n=3)
-            hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
-            top = ", ".join(n for n, _ in net.named_children())
-            raise UserError(
-                f"{where}.target_layers.{name}: the network has no submodule {path!r}; {hint}"
-                f"give a dotted path such as 'layer4' or 'features.3' (top-level: {top})"
-            )
-        layers[name] = modules[path]
-    return layers
+    return {
+        name: submodule(net, path, f"{where}.target_layers.{name}") for name, path in paths.items()
+    }
 
 
 def _replace(net: nn.Module, path: str, new: nn.Module) -> None:
