@@ -68,10 +68,10 @@ from ..core import Capability, Metric, MetricContext, MetricOutput
 from ..errors import UserError
 from ..methods.base import check_attributions, explaining
 from ..params import int_type_for
+from .toolkit import REASON_NONFINITE
 
 __all__ = ["QuantusMetric", "quantus_metric", "quantus_names"]
 
-REASON_NONFINITE = "attribution has non-finite values"
 REASON_NAN = "quantus returned NaN"
 
 # Constructor arguments benchbox fixes (PROTOCOLS Q1; per-sample rows; no plots or bars).

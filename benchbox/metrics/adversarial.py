@@ -79,6 +79,7 @@ from ..methods.base import (
 )
 from ..params import Count, Pixels
 from .similarity import spearman, ssim, topk_intersection
+from .toolkit import REASON_NONFINITE, resolve_k
 
 __all__ = [
     "ATTACKS",
@@ -108,7 +109,6 @@ Fraction = Annotated[float, Field(gt=0, le=1)]
 TopK = Pixels | Fraction
 Epsilon = Annotated[float, Field(gt=0, le=1)]
 
-REASON_NONFINITE = "attribution has non-finite values"
 REASON_ZERO_MAP = "attribution is all zeros"
 REASON_NO_PERTURBATION = "the attack did not move the input (x' = x)"
 REASON_ONE_SAMPLE = "target_map 'other_sample' needs at least 2 samples in the batch"
@@ -295,13 +295,6 @@ def differentiable_map(method: Method, model: ExplainedModel) -> DiffMap | str:
 # ================================================================================================
 # Map geometry and scores
 # ================================================================================================
-def resolve_k(k: int | float, n: int) -> int:
-    """A pixel count: ``k`` (at most ``n``), or ``round(k·n)`` (at least 1) for a fraction."""
-    if isinstance(k, float):
-        return min(n, max(1, math.floor(k * n + 0.5)))
-    return min(int(k), n)
-
-
 def _grid(spatial: Sequence[int], device: torch.device) -> Tensor:
     """Pixel coordinates ``[N, d]`` (row-major, float64)."""
     axes = [torch.arange(s, device=device, dtype=torch.float64) for s in spatial]

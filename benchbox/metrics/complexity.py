@@ -12,7 +12,6 @@ all-zero map (``Σ|a| = 0``: there is no distribution to measure).
 
 from __future__ import annotations
 
-import math
 from typing import Annotated, ClassVar, Literal
 
 import torch
@@ -21,6 +20,7 @@ from torch import Tensor
 
 from ..core import Metric, MetricContext, MetricOutput
 from ..methods.base import check_attributions
+from .toolkit import REASON_NONFINITE, finish, finite_rows
 
 __all__ = [
     "Complexity",
@@ -33,28 +33,19 @@ __all__ = [
 
 Normalise = Literal["max", "none"]
 
-REASON_NONFINITE = "attribution has non-finite values"
 REASON_ALL_ZERO = "attribution is all zero"
 
 
 def _magnitudes(attributions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """``|a|`` float64 ``[B, N]`` (non-finite rows zeroed), ``finite`` ``[B]``, ``Σ|a|`` ``[B]``."""
     b = attributions.shape[0]
-    a = attributions.reshape(b, -1).double().abs()
-    finite_px = torch.isfinite(a)
-    finite = finite_px.all(dim=1)
-    a = torch.where(finite_px, a, torch.zeros((), dtype=a.dtype, device=a.device))
+    a, finite = finite_rows(attributions.reshape(b, -1).double().abs())
     return a, finite, a.sum(dim=1)
 
 
 def _finish(values: Tensor, finite: Tensor, zero: Tensor | None) -> tuple[Tensor, list[str | None]]:
-    bad = ~finite if zero is None else ~finite | zero
-    zeros = [False] * len(bad) if zero is None else zero.tolist()
-    reasons: list[str | None] = [
-        None if f and not z else (REASON_NONFINITE if not f else REASON_ALL_ZERO)
-        for f, z in zip(finite.tolist(), zeros, strict=True)
-    ]
-    return torch.where(bad, torch.full_like(values, math.nan), values), reasons
+    checks = [(~finite, REASON_NONFINITE)] + ([] if zero is None else [(zero, REASON_ALL_ZERO)])
+    return finish(values, checks)
 
 
 def sparseness(attributions: Tensor) -> tuple[Tensor, list[str | None]]:

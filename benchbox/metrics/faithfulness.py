@@ -62,6 +62,7 @@ from ..methods.base import (
     target_score,
 )
 from ..params import Count, Pixels, Size
+from .toolkit import REASON_NONFINITE, Checks, finish, finite_rows
 
 __all__ = [
     "ROAD",
@@ -99,7 +100,6 @@ RoadScore = Literal["accuracy", "probability", "logit"]
 Baseline = Literal["min", "zero", "mean", "blur", "uniform"]
 Order = Literal["morf", "lerf"]
 
-REASON_NONFINITE = "attribution has non-finite values"
 REASON_BAD_SCORE = "model score is non-finite"
 REASON_CONSTANT_SUMS = "attribution sums do not vary over the runs (constant map?)"
 REASON_CONSTANT_DELTAS = "model score does not vary over the runs"
@@ -285,7 +285,7 @@ def _rows(lo: int, hi: int, per_sample: int, device: torch.device) -> tuple[Tens
 
 
 def _finite_rows(attributions: Tensor) -> Tensor:
-    return torch.isfinite(attributions.reshape(attributions.shape[0], -1)).all(dim=1)
+    return finite_rows(attributions)[1]
 
 
 def _checked(ctx: MetricContext) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -300,18 +300,9 @@ def _checked(ctx: MetricContext) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return x, attr, ctx.batch.target, finite
 
 
-def _finish(
-    values: Tensor, finite: Tensor, extra: Sequence[tuple[Tensor, str]] = ()
-) -> tuple[Tensor, list[str | None]]:
+def _finish(values: Tensor, finite: Tensor, extra: Checks = ()) -> tuple[Tensor, list[str | None]]:
     """NaN where a map is non-finite, then reasons: non-finite map, ``extra`` cases, bad score."""
-    values = torch.where(finite, values, torch.full_like(values, math.nan))
-    checks = [(~finite, REASON_NONFINITE), *extra]
-    flags = [(c.tolist(), r) for c, r in checks]
-    reasons: list[str | None] = []
-    for i, is_nan in enumerate(torch.isnan(values).tolist()):
-        first = next((r for f, r in flags if f[i]), REASON_BAD_SCORE)
-        reasons.append(first if is_nan else None)
-    return values, reasons
+    return finish(values, [(~finite, REASON_NONFINITE), *extra], unexplained=REASON_BAD_SCORE)
 
 
 def _on_finite(

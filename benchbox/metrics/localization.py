@@ -24,7 +24,6 @@ Shared conventions (documented once here, tested for every metric):
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import Annotated, ClassVar, Literal
 
 import torch
@@ -36,6 +35,7 @@ from torch import Tensor
 from ..core import Capability, Metric, MetricContext, MetricOutput
 from ..methods.base import check_attributions
 from ..params import MAX_PIXELS, MAX_SIZE
+from .toolkit import REASON_NONFINITE, finish, finite_rows, resolve_k
 
 __all__ = [
     "AUPRC",
@@ -68,12 +68,9 @@ Positive = Literal["clip", "abs", "minmax"]
 Threshold = Literal["otsu", "percentile", "value"]
 
 REASON_EMPTY_MASK = "empty mask"
-REASON_NONFINITE = "attribution has non-finite values"
 REASON_FULL_MASK = "mask covers the whole map"
 REASON_ZERO_TOTAL = "attribution has zero total relevance"
 REASON_CONSTANT = "constant attribution"
-
-Checks = Sequence[tuple[Tensor, str]]
 
 
 # -- shared plumbing ------------------------------------------------------------------------------
@@ -89,24 +86,9 @@ def _flat(attributions: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor, T
             f"got {list(mask.shape)}"
         )
     b = attributions.shape[0]
-    a = attributions.reshape(b, -1)
+    a, finite = finite_rows(attributions.reshape(b, -1))
     m = mask.reshape(b, -1).bool()
-    finite_px = torch.isfinite(a)
-    finite = finite_px.all(dim=1)
-    a = torch.where(finite_px, a, torch.zeros((), dtype=a.dtype, device=a.device))
     return a, m, finite, ~m.any(dim=1)
-
-
-def _finish(values: Tensor, checks: Checks) -> tuple[Tensor, list[str | None]]:
-    """NaN where any ``(bad [B], reason)`` check holds; the first holding check names the reason."""
-    bad = torch.zeros_like(values, dtype=torch.bool)
-    reasons: list[str | None] = [None] * values.shape[0]
-    for flags, reason in checks:
-        for i, f in enumerate(flags.tolist()):
-            if f and reasons[i] is None:
-                reasons[i] = reason
-        bad = bad | flags
-    return torch.where(bad, torch.full_like(values, math.nan), values), reasons
 
 
 def _standard_checks(finite: Tensor, empty: Tensor) -> list[tuple[Tensor, str]]:
@@ -176,7 +158,7 @@ def pointing_game(
         values = region.gather(1, first).squeeze(1).float()
     else:
         raise ValueError(f"ties must be one of 'fraction', 'any', 'first', got {ties!r}")
-    return _finish(values, _standard_checks(finite, empty))
+    return finish(values, _standard_checks(finite, empty))
 
 
 class PointingGame(Metric):
@@ -266,7 +248,7 @@ def energy_pointing_game(
         raise ValueError(f"positive must be one of 'clip', 'abs', 'minmax', got {positive!r}")
     values, zero = _mass_ratio(energy, m)
     checks.append((zero, REASON_ZERO_TOTAL))
-    return _finish(values, checks)
+    return finish(values, checks)
 
 
 class EnergyPointingGame(Metric):
@@ -309,7 +291,7 @@ def relevance_mass(
     """
     a, m, finite, empty = _flat(attributions, mask)
     values, zero = _mass_ratio(a.abs() if abs else a, m)
-    return _finish(values, [*_standard_checks(finite, empty), (zero, REASON_ZERO_TOTAL)])
+    return finish(values, [*_standard_checks(finite, empty), (zero, REASON_ZERO_TOTAL)])
 
 
 class RelevanceMass(Metric):
@@ -394,7 +376,7 @@ def relevance_rank(
         a = a.abs()
     k = m.sum(dim=1)
     values = topk_hits(a, m, k, ties=ties) / k.clamp(min=1).double()
-    return _finish(values, _standard_checks(finite, empty))
+    return finish(values, _standard_checks(finite, empty))
 
 
 class RelevanceRank(Metric):
@@ -448,18 +430,6 @@ def _check_k(k: object) -> int | float:
 TopK = Annotated[int | float, BeforeValidator(_check_k)]
 
 
-def _resolve_k(k: int | float, n: int) -> int:
-    """An integer pixel count, or a fraction of ``n`` rounded half up (at least 1)."""
-    if isinstance(k, float):
-        return max(1, math.floor(k * n + 0.5))
-    if k > n:
-        raise ValueError(
-            f"topk_intersection.k: {k} exceeds the {n} pixels of a map; "
-            f"use a smaller k or a fraction such as 0.05"
-        )
-    return k
-
-
 def topk_intersection(
     attributions: Tensor,
     mask: Tensor,
@@ -480,11 +450,11 @@ def topk_intersection(
     if abs:
         a = a.abs()
     b, n = a.shape
-    kk = _resolve_k(k, n)
+    kk = resolve_k(k, n, name="topk_intersection.k")
     values = topk_hits(a, m, torch.full((b,), kk, device=a.device), ties=ties) / kk
     if concept_influence:
         values = values * n / m.sum(dim=1).clamp(min=1).double()
-    return _finish(values, _standard_checks(finite, empty))
+    return finish(values, _standard_checks(finite, empty))
 
 
 class TopKIntersection(Metric):
@@ -575,7 +545,7 @@ def auroc(
     u2 = two_rank_sum - p * (p + 1)  # twice the Mann–Whitney U: an exact integer
     values = u2.double() / (2 * p * q).clamp(min=1).double()
     checks = [*_standard_checks(finite, empty), (q == 0, REASON_FULL_MASK)]
-    return _finish(values, checks)
+    return finish(values, checks)
 
 
 def auprc(
@@ -600,7 +570,7 @@ def auprc(
     p = m.sum(dim=1, keepdim=True)
     precision = (p - pos_before.gather(1, first)).double() / (n - first).double()
     values = torch.where(ms, precision, 0.0).sum(dim=1) / p.squeeze(1).clamp(min=1).double()
-    return _finish(values, _standard_checks(finite, empty))
+    return finish(values, _standard_checks(finite, empty))
 
 
 class AUROC(Metric):
@@ -751,7 +721,7 @@ def _overlap(
         values = 2 * inter / denom.clamp(min=1)
     else:
         values = inter / (pred | m).sum(dim=1).clamp(min=1).double()
-    return _finish(values, _standard_checks(finite, empty))
+    return finish(values, _standard_checks(finite, empty))
 
 
 def iou(

@@ -57,6 +57,7 @@ from torch import Tensor
 from ..core import ExplainedModel, Method, Metric, MetricContext, MetricOutput
 from ..methods.base import check_attributions, draw_generator, explaining, sample_seeds
 from ..params import Count
+from .toolkit import REASON_NONFINITE
 
 __all__ = [
     "REASON_ALL_CHANGED",
@@ -78,7 +79,6 @@ Denominator = Literal["attribution", "input"]
 Radius = Annotated[float, Field(gt=0, le=1)]
 
 LIPSCHITZ_EPS = 1e-10  # Quantus' lipschitz_constant
-REASON_NONFINITE = "attribution has non-finite values"
 REASON_ZERO_MAP = "attribution is all zeros: its relative change is undefined"
 REASON_ALL_CHANGED = "every perturbed copy changed the predicted label (keep_label)"
 REASON_PERTURBED_NONFINITE = "the map of a perturbed copy has non-finite values"

@@ -43,6 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .toolkit import REASON_NONFINITE, finite_rows
+
 __all__ = [
     "SIMILARITIES",
     "Similarity",
@@ -60,7 +62,6 @@ __all__ = [
 Similarity = Literal["spearman", "spearman_abs", "ssim", "hog_pearson", "topk"]
 SIMILARITIES: tuple[Similarity, ...] = get_args(Similarity)
 
-REASON_NONFINITE = "attribution has non-finite values"
 REASON_CONSTANT = "constant attribution"
 REASON_HOG_CONSTANT = "constant HOG features"
 REASON_ZERO_RANGE = "zero data range"
@@ -80,13 +81,6 @@ def _pair(a: Tensor, b: Tensor, name: str) -> tuple[Tensor, Tensor]:
 
 def _nan_where(values: Tensor, bad: Tensor) -> Tensor:
     return torch.where(bad, torch.full_like(values, math.nan), values)
-
-
-def _finite_rows(x: Tensor) -> tuple[Tensor, Tensor]:
-    """``x`` ``[B, ...]`` with non-finite entries zeroed, and which rows were all finite ``[B]``."""
-    finite_px = torch.isfinite(x)
-    finite = finite_px.reshape(x.shape[0], -1).all(dim=1)
-    return torch.where(finite_px, x, torch.zeros((), dtype=x.dtype, device=x.device)), finite
 
 
 def max_normalize(a: Tensor) -> Tensor:
@@ -141,8 +135,8 @@ def spearman(a: Tensor, b: Tensor, *, abs: bool = False) -> Tensor:
     x, y = x.reshape(x.shape[0], -1), y.reshape(y.shape[0], -1)
     if abs:
         x, y = x.abs(), y.abs()
-    x, fx = _finite_rows(x)
-    y, fy = _finite_rows(y)
+    x, fx = finite_rows(x)
+    y, fy = finite_rows(y)
     return _nan_where(pearson(rankdata(x), rankdata(y)), ~(fx & fy))
 
 
@@ -214,8 +208,8 @@ def ssim(
             f"ssim: maps of spatial size {list(x.shape[1:])} are smaller than the {win_size}-px "
             "window; pass a smaller odd win_size"
         )
-    x, fx = _finite_rows(x)
-    y, fy = _finite_rows(y)
+    x, fx = finite_rows(x)
+    y, fy = finite_rows(y)
     if gaussian_weights:
         r = int(truncate * sigma + 0.5)
         t = torch.arange(-r, r + 1, dtype=torch.float64)
@@ -323,8 +317,8 @@ def hog_pearson(
     flat map) or the map has non-finite values.
     """
     x, y = _pair(a, b, "hog_pearson")
-    x, fx = _finite_rows(x)
-    y, fy = _finite_rows(y)
+    x, fx = finite_rows(x)
+    y, fy = finite_rows(y)
     kw = {
         "orientations": orientations,
         "pixels_per_cell": pixels_per_cell,
@@ -364,8 +358,8 @@ def topk_intersection(a: Tensor, b: Tensor, k: int) -> Tensor:
     n = x.shape[1]
     if not 1 <= k <= n:
         raise ValueError(f"topk_intersection: k must be in [1, {n}] (the map's size), got {k}")
-    x, fx = _finite_rows(x)
-    y, fy = _finite_rows(y)
+    x, fx = finite_rows(x)
+    y, fy = finite_rows(y)
     values = torch.minimum(_topk_membership(x, k), _topk_membership(y, k)).sum(dim=1) / k
     return _nan_where(values, ~(fx & fy))
 
