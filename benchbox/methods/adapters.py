@@ -133,7 +133,6 @@ class AdapterMethod(Method):
     """Base of the classes the adapters build: parameters live in ``self.params``."""
 
     supports_3d: ClassVar[bool] = True
-    wrapped: ClassVar[str] = ""  # e.g. "captum.attr.Occlusion"
     params: dict[str, Any]
 
 
@@ -179,8 +178,7 @@ def _build_class(
         "__qualname__": class_name,
         "needs": needs,
         "supports_3d": supports_3d,
-        "wrapped": wrapped,
-        "registry_name": wrapped,
+        "registry_name": wrapped,  # e.g. "captum:Occlusion": what messages name it by
         "attribute": attribute,
     }
     return type(class_name, (AdapterMethod,), namespace)
