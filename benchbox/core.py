@@ -39,7 +39,6 @@ __all__ = [
     "Split",
     "Task",
     "as_explained",
-    "call_plain",
     "check_x",
     "conv_layers",
     "last_conv",
@@ -336,7 +335,9 @@ class Method(Component, ABC):
                 generator = make_generator(0, x.device)
             if isinstance(model, ExplainedModel):
                 return impl(self, model, x, target, generator=generator)
-            return call_plain(model, x, lambda m: impl(self, m, x, target, generator=generator))
+            return with_eval(
+                model, lambda m: impl(self, m, x, target, generator=generator), x, None
+            )
 
         cls.attribute = attribute  # type: ignore[method-assign]
 
@@ -517,18 +518,12 @@ def submodule(net: nn.Module, path: str, where: str) -> nn.Module:
 
 
 def _replace_layers(model: ExplainedModel, layers: dict[str, nn.Module]) -> ExplainedModel:
-    from dataclasses import replace
-
     return replace(model, target_layers=layers, provides=model.provides | {Capability.TARGET_LAYER})
 
 
-def call_plain(model: nn.Module, x: Tensor, call: Any) -> Any:
-    """``call(explained)`` on a plain module wrapped for ``x`` (``Method.attribute`` given an
-    ``nn.Module``), in eval mode for the call."""
-    return with_eval(model, call, x, None)
-
-
 def with_eval(model: nn.Module | ExplainedModel, call: Any, x: Tensor, layer: Any) -> Any:
+    """``call(as_explained(model, x, layer=layer))`` with the network in eval mode, every
+    submodule's training flag given back afterwards."""
     net = model.module if isinstance(model, ExplainedModel) else model
     modes = {m: m.training for m in net.modules()} if isinstance(net, nn.Module) else {}
     if isinstance(net, nn.Module):

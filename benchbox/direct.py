@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from .core import (
+    Batch,
     Capability,
     ExplainedModel,
     Method,
@@ -113,8 +114,6 @@ def evaluate(
     )
 
     def score(explained: ExplainedModel) -> Tensor | dict[str, Tensor]:
-        from .core import Batch
-
         t = _target(explained, x, target)
         if mask is not None and (mask.dtype != torch.bool or mask.shape != attributions.shape):
             raise UserError(
@@ -206,5 +205,4 @@ def _attribute(
     method: Method, model: ExplainedModel, x: Tensor, target: Tensor, gen: torch.Generator | None
 ) -> Tensor:
     _require(method, model.provides | _data_caps(x), "method")
-    generator = gen if gen is not None else make_generator(0, x.device)
-    return method.attribute(model, x, target, generator=generator)
+    return method(model, x, target, generator=gen)  # no generator: Method's seeded default

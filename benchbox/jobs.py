@@ -623,6 +623,7 @@ class _JobRun:
         """The job's score rows (and curve rows): per metric and variant, its samples' values,
         the dropped samples' error rows, or one error row for a failed metric."""
         job, suite = self.job, self.suite
+        base = _base_columns(job, suite, run_id)
         frames: list[pd.DataFrame] = []
         curve_frames: list[pd.DataFrame] = []
         for i, spec in enumerate(job.metrics):
@@ -642,7 +643,7 @@ class _JobRun:
                 c = self.collected[i].get(variant)
                 if c is None:
                     continue
-                frames.append(c.score_rows(_base_columns(job, suite, run_id), spec, variant, hib))
+                frames.append(c.score_rows(base, spec, variant, hib))
                 if c.curves:
                     curve_frames.append(c.curve_rows(job, suite, run_id, spec, variant))
         frames += [
